@@ -1,0 +1,482 @@
+//! The environment, read once at start-up into a typed `Config`. Nothing reads
+//! the environment after this; every error names the variable to fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::Environment;
+use crate::retry::RetrySchedule;
+use crate::secret::{KeyRing, Secret};
+use crate::verify::Credentials;
+
+pub const SANDBOX_URL: &str = "https://sbx.api.weaccelerate.com/webhooks/checkoutdotcom";
+pub const PRODUCTION_URL: &str = "https://prd.api.weaccelerate.com/webhooks/checkoutdotcom";
+
+/// Everything the relay runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    /// Keys of the environments that receive webhooks (at least one).
+    pub credentials: BTreeMap<EnvironmentKey, Credentials>,
+    pub sandbox_url: reqwest::Url,
+    pub production_url: reqwest::Url,
+    pub event_types: Vec<String>,
+    pub max_body_bytes: usize,
+    pub delivery_timeout: Duration,
+    pub delivery_concurrency: usize,
+    pub retry_schedule: RetrySchedule,
+    pub lease: Duration,
+    pub admin_token: Option<Secret>,
+    pub admin_listen: Option<SocketAddr>,
+    pub retention: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+/// `Environment` as a map key with a stable order (sandbox first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EnvironmentKey {
+    Sandbox,
+    Production,
+}
+
+impl From<Environment> for EnvironmentKey {
+    fn from(env: Environment) -> Self {
+        match env {
+            Environment::Sandbox => EnvironmentKey::Sandbox,
+            Environment::Production => EnvironmentKey::Production,
+        }
+    }
+}
+
+impl From<EnvironmentKey> for Environment {
+    fn from(key: EnvironmentKey) -> Self {
+        match key {
+            EnvironmentKey::Sandbox => Environment::Sandbox,
+            EnvironmentKey::Production => Environment::Production,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub pool_size: u32,
+    pub statement_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error(
+        "{set} is set but {missing} is not: an environment needs both its Authorization key \
+         and its signature key; set {missing} or unset {set}"
+    )]
+    HalfEnvironment {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error(
+        "no environment is configured: set CKO_SANDBOX_AUTHORIZATION_KEY and \
+         CKO_SANDBOX_SIGNATURE_KEY (or the CKO_PRODUCTION_* pair) to the keys of your \
+         Checkout.com webhook"
+    )]
+    NoEnvironment,
+    #[error("could not read the environment: {0}")]
+    Env(String),
+}
+
+/// The variables as strings; envy maps `relay_listen` to `RELAY_LISTEN`.
+#[derive(Deserialize, Default)]
+struct Raw {
+    relay_listen: Option<String>,
+    relay_database_url: Option<String>,
+    relay_database_pool_size: Option<String>,
+    relay_database_statement_timeout_ms: Option<String>,
+    cko_sandbox_authorization_key: Option<String>,
+    cko_sandbox_signature_key: Option<String>,
+    cko_production_authorization_key: Option<String>,
+    cko_production_signature_key: Option<String>,
+    accelerate_sandbox_url: Option<String>,
+    accelerate_production_url: Option<String>,
+    relay_event_types: Option<String>,
+    relay_max_body_bytes: Option<String>,
+    relay_delivery_timeout_ms: Option<String>,
+    relay_delivery_concurrency: Option<String>,
+    relay_retry_schedule: Option<String>,
+    relay_lease_ms: Option<String>,
+    relay_admin_token: Option<String>,
+    relay_admin_listen: Option<String>,
+    relay_retention_hours: Option<String>,
+    relay_shutdown_grace_ms: Option<String>,
+    relay_log_format: Option<String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Builds from any set of variables (tests pass their own).
+    pub fn from_vars<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        // envy would read an empty value as "set"; an empty key is never meant.
+        let vars = vars.into_iter().filter(|(_, v)| !v.trim().is_empty());
+        let raw: Raw = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
+        raw.into_config()
+    }
+
+    /// The environments that receive webhooks.
+    pub fn environments(&self) -> impl Iterator<Item = Environment> + '_ {
+        self.credentials.keys().map(|k| Environment::from(*k))
+    }
+
+    pub fn credentials(&self, env: Environment) -> Option<&Credentials> {
+        self.credentials.get(&EnvironmentKey::from(env))
+    }
+
+    /// Where events of `env` go. Both URLs always exist, so events stored while an
+    /// environment was on are still delivered after it is switched off.
+    pub fn accelerate_url(&self, env: Environment) -> &reqwest::Url {
+        match env {
+            Environment::Sandbox => &self.sandbox_url,
+            Environment::Production => &self.production_url,
+        }
+    }
+}
+
+impl Raw {
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let mut credentials = BTreeMap::new();
+        if let Some(c) = environment_keys(
+            self.cko_sandbox_authorization_key,
+            "CKO_SANDBOX_AUTHORIZATION_KEY",
+            self.cko_sandbox_signature_key,
+            "CKO_SANDBOX_SIGNATURE_KEY",
+        )? {
+            credentials.insert(EnvironmentKey::Sandbox, c);
+        }
+        if let Some(c) = environment_keys(
+            self.cko_production_authorization_key,
+            "CKO_PRODUCTION_AUTHORIZATION_KEY",
+            self.cko_production_signature_key,
+            "CKO_PRODUCTION_SIGNATURE_KEY",
+        )? {
+            credentials.insert(EnvironmentKey::Production, c);
+        }
+        if credentials.is_empty() {
+            return Err(ConfigError::NoEnvironment);
+        }
+
+        let delivery_timeout = millis(
+            self.relay_delivery_timeout_ms,
+            "RELAY_DELIVERY_TIMEOUT_MS",
+            10_000,
+        )?;
+        let lease = match self.relay_lease_ms {
+            Some(v) => millis(Some(v), "RELAY_LEASE_MS", 0)?,
+            // Long enough that an attempt in flight never loses its lease.
+            None => delivery_timeout * 2 + Duration::from_secs(30),
+        };
+        if lease <= delivery_timeout {
+            return Err(invalid(
+                "RELAY_LEASE_MS",
+                "must be longer than RELAY_DELIVERY_TIMEOUT_MS, or an attempt in flight could be claimed twice",
+            ));
+        }
+
+        Ok(Config {
+            listen: address(self.relay_listen, "RELAY_LISTEN")?
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            database: DatabaseConfig {
+                url: database_url(self.relay_database_url)?,
+                pool_size: number(
+                    self.relay_database_pool_size,
+                    "RELAY_DATABASE_POOL_SIZE",
+                    10,
+                )?,
+                statement_timeout: millis(
+                    self.relay_database_statement_timeout_ms,
+                    "RELAY_DATABASE_STATEMENT_TIMEOUT_MS",
+                    5_000,
+                )?,
+            },
+            credentials,
+            sandbox_url: url(
+                self.accelerate_sandbox_url,
+                "ACCELERATE_SANDBOX_URL",
+                SANDBOX_URL,
+            )?,
+            production_url: url(
+                self.accelerate_production_url,
+                "ACCELERATE_PRODUCTION_URL",
+                PRODUCTION_URL,
+            )?,
+            event_types: event_types(self.relay_event_types)?,
+            max_body_bytes: number(self.relay_max_body_bytes, "RELAY_MAX_BODY_BYTES", 262_144)?,
+            delivery_timeout,
+            delivery_concurrency: number(
+                self.relay_delivery_concurrency,
+                "RELAY_DELIVERY_CONCURRENCY",
+                32,
+            )?,
+            retry_schedule: match self.relay_retry_schedule {
+                Some(v) => v.parse().map_err(|e| invalid("RELAY_RETRY_SCHEDULE", e))?,
+                None => RetrySchedule::default(),
+            },
+            lease,
+            admin_token: self.relay_admin_token.map(Secret::new),
+            admin_listen: address(self.relay_admin_listen, "RELAY_ADMIN_LISTEN")?,
+            retention: Duration::from_secs(3600)
+                * number::<u32>(self.relay_retention_hours, "RELAY_RETENTION_HOURS", 168)?,
+            shutdown_grace: millis(
+                self.relay_shutdown_grace_ms,
+                "RELAY_SHUTDOWN_GRACE_MS",
+                30_000,
+            )?,
+            log_format: match self.relay_log_format.as_deref().map(str::trim) {
+                None | Some("json") => LogFormat::Json,
+                Some("text") => LogFormat::Text,
+                Some(other) => {
+                    return Err(invalid(
+                        "RELAY_LOG_FORMAT",
+                        format!("`{other}` is not a log format; use `json` or `text`"),
+                    ))
+                }
+            },
+        })
+    }
+}
+
+fn invalid(var: &'static str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        reason: reason.to_string(),
+    }
+}
+
+fn environment_keys(
+    authorization: Option<String>,
+    authorization_var: &'static str,
+    signature: Option<String>,
+    signature_var: &'static str,
+) -> Result<Option<Credentials>, ConfigError> {
+    let ring = |value: String, var: &'static str| {
+        KeyRing::parse(&value).ok_or_else(|| {
+            invalid(
+                var,
+                "holds no key; give one key, or several separated by commas",
+            )
+        })
+    };
+    match (authorization, signature) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::HalfEnvironment {
+            set: authorization_var,
+            missing: signature_var,
+        }),
+        (None, Some(_)) => Err(ConfigError::HalfEnvironment {
+            set: signature_var,
+            missing: authorization_var,
+        }),
+        (Some(a), Some(s)) => Ok(Some(Credentials {
+            authorization: ring(a, authorization_var)?,
+            signature: ring(s, signature_var)?,
+        })),
+    }
+}
+
+fn number<T>(value: Option<String>, var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<T>() {
+        Ok(n) if n > T::from(0) => Ok(n),
+        _ => Err(invalid(
+            var,
+            format!("`{value}` is not a positive whole number"),
+        )),
+    }
+}
+
+fn millis(value: Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    number(value, var, default).map(Duration::from_millis)
+}
+
+fn address(value: Option<String>, var: &'static str) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    value
+        .trim()
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(
+                var,
+                format!(
+                    "`{value}` is not an address to listen on; write HOST:PORT, e.g. 0.0.0.0:8080"
+                ),
+            )
+        })
+}
+
+fn url(
+    value: Option<String>,
+    var: &'static str,
+    default: &str,
+) -> Result<reqwest::Url, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    match reqwest::Url::parse(value.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        _ => Err(invalid(
+            var,
+            format!("`{value}` is not an http(s) URL; give Accelerate's full webhook URL"),
+        )),
+    }
+}
+
+fn database_url(value: Option<String>) -> Result<Secret, ConfigError> {
+    let value = value.unwrap_or_else(|| "sqlite://relay.db".to_owned());
+    let value = value.trim();
+    if value.starts_with("sqlite:")
+        || value.starts_with("postgres://")
+        || value.starts_with("postgresql://")
+    {
+        Ok(Secret::new(value))
+    } else {
+        // The URL may hold a password: name the scheme only.
+        let scheme = value.split(':').next().unwrap_or_default();
+        Err(invalid(
+            "RELAY_DATABASE_URL",
+            format!(
+                "scheme `{scheme}` is not supported; use sqlite://FILE or postgres://USER@HOST/DB"
+            ),
+        ))
+    }
+}
+
+fn event_types(value: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let value = value.unwrap_or_else(|| "payment_approved,payment_declined".to_owned());
+    let types: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if types.is_empty() {
+        return Err(invalid(
+            "RELAY_EVENT_TYPES",
+            "names no event type; e.g. payment_approved,payment_declined",
+        ));
+    }
+    Ok(types)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::from_vars(vars(&[
+            ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+            ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.database.url.expose(), "sqlite://relay.db");
+        assert_eq!(c.event_types, ["payment_approved", "payment_declined"]);
+        assert_eq!(c.max_body_bytes, 262_144);
+        assert_eq!(c.delivery_timeout, Duration::from_secs(10));
+        assert_eq!(c.retention, Duration::from_secs(168 * 3600));
+        assert_eq!(c.sandbox_url.as_str(), SANDBOX_URL);
+        assert_eq!(c.production_url.as_str(), PRODUCTION_URL);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.environments().collect::<Vec<_>>(), [Environment::Sandbox]);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "CKO_SANDBOX_AUTHORIZATION_KEY"),
+            (
+                &[("CKO_PRODUCTION_SIGNATURE_KEY", "s")],
+                "CKO_PRODUCTION_AUTHORIZATION_KEY",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_MAX_BODY_BYTES", "big"),
+                ],
+                "RELAY_MAX_BODY_BYTES",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_LOG_FORMAT", "xml"),
+                ],
+                "RELAY_LOG_FORMAT",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("ACCELERATE_SANDBOX_URL", "ftp://x"),
+                ],
+                "ACCELERATE_SANDBOX_URL",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_RETRY_SCHEDULE", "5s,later"),
+                ],
+                "RELAY_RETRY_SCHEDULE",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_DATABASE_URL", "mysql://u:hunter2@h/db"),
+                ],
+                "RELAY_DATABASE_URL",
+            ),
+        ];
+        for (pairs, var) in cases {
+            let err = Config::from_vars(vars(pairs))
+                .expect_err("invalid")
+                .to_string();
+            assert!(err.contains(var), "{err} should name {var}");
+            assert!(!err.contains("hunter2"), "{err} leaks a password");
+        }
+    }
+}

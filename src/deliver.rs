@@ -1,0 +1,287 @@
+//! The delivery worker: claims due deliveries, POSTs the stored bytes to
+//! Accelerate with the stored headers, and records what happened.
+//!
+//! It never touches an HTTP request of Checkout.com's; the store is the only
+//! thing it shares with the receive path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::StatusCode;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::config::Config;
+use crate::event::Environment;
+use crate::retry::{next_wait, parse_retry_after, RetrySchedule};
+use crate::store::{Claimed, Outcome, Store, StoreError, Timestamp};
+
+pub const USER_AGENT_VALUE: &str = concat!("accelerate-relay/", env!("CARGO_PKG_VERSION"));
+
+/// Longest idle sleep: bounds how late a delivery made due elsewhere (a manual
+/// retry from the CLI, another replica) is noticed.
+const POLL: Duration = Duration::from_millis(500);
+/// Most of Accelerate's answer read (to keep the connection reusable); the rest is dropped.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What one step of the worker did, so tests can drive the queue step by step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Delivered,
+    Retried,
+    Dead,
+    Empty,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    store: Store,
+    client: reqwest::Client,
+    sandbox_url: reqwest::Url,
+    production_url: reqwest::Url,
+    timeout: Duration,
+    schedule: RetrySchedule,
+    lease: Duration,
+    concurrency: usize,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// `wake` is notified by the receive path after each commit, so a new event
+    /// goes out at once instead of at the next poll.
+    pub fn new(config: &Config, store: Store, wake: Arc<Notify>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT_VALUE)
+            .pool_max_idle_per_host(config.delivery_concurrency)
+            .connect_timeout(config.delivery_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            store,
+            client,
+            sandbox_url: config.sandbox_url.clone(),
+            production_url: config.production_url.clone(),
+            timeout: config.delivery_timeout,
+            schedule: config.retry_schedule.clone(),
+            lease: config.lease,
+            concurrency: config.delivery_concurrency.max(1),
+            wake,
+        })
+    }
+
+    /// Claims one due delivery, attempts it and records the outcome.
+    pub async fn deliver_next(&self) -> Result<Step, StoreError> {
+        let mut claimed = self
+            .store
+            .claim_due(Timestamp::now(), self.lease, 1)
+            .await?;
+        match claimed.pop() {
+            Some(claim) => self.deliver(claim).await,
+            None => Ok(Step::Empty),
+        }
+    }
+
+    /// Runs until `stop` turns true, then lets the attempts in flight finish
+    /// (up to `grace`; an attempt still running then keeps its lease and is
+    /// made again after restart).
+    pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut backoff = Duration::from_millis(100);
+        while !*stop.borrow() {
+            let free = slots.available_permits();
+            let mut claimed_all = false;
+            if free > 0 {
+                let limit = u32::try_from(free).unwrap_or(u32::MAX);
+                match self
+                    .store
+                    .claim_due(Timestamp::now(), self.lease, limit)
+                    .await
+                {
+                    Ok(claims) => {
+                        backoff = Duration::from_millis(100);
+                        claimed_all = claims.len() == free;
+                        for claim in claims {
+                            let slot = Arc::clone(&slots)
+                                .acquire_owned()
+                                .await
+                                .expect("the semaphore is never closed");
+                            let worker = self.clone();
+                            tokio::spawn(async move {
+                                let _slot = slot;
+                                if let Err(e) = worker.deliver(claim).await {
+                                    tracing::error!(error = %e, "could not record a delivery attempt; its lease will expire and it will be tried again");
+                                }
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not claim deliveries; backing off");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            if claimed_all {
+                continue;
+            }
+            let idle = if free == 0 {
+                POLL
+            } else {
+                self.idle_time().await
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+                _ = stop.changed() => {}
+                // A slot freed up while all were busy.
+                _ = slots.acquire(), if free == 0 => {}
+            }
+        }
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "delivery attempts still in flight at shutdown; they will be made again after restart");
+        }
+    }
+
+    async fn idle_time(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(due)) => Timestamp::now()
+                .until(due)
+                .clamp(Duration::from_millis(1), POLL),
+            _ => POLL,
+        }
+    }
+
+    async fn deliver(&self, claim: Claimed) -> Result<Step, StoreError> {
+        let started = Instant::now();
+        let answer = self.attempt(&claim).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let (outcome, step) = match answer {
+            Answer::Success(status) => (
+                Outcome::Delivered {
+                    at: Timestamp::now(),
+                    status: status.as_u16(),
+                },
+                Step::Delivered,
+            ),
+            Answer::Failure { error, retry_after } => {
+                match self.schedule.wait_after(claim.schedule_attempt) {
+                    Some(wait) => (
+                        Outcome::Retry {
+                            at: Timestamp::now().plus(next_wait(wait, retry_after)),
+                            error,
+                        },
+                        Step::Retried,
+                    ),
+                    None => (Outcome::Dead { error }, Step::Dead),
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Delivered { status, .. } => tracing::info!(
+                delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
+                attempt = claim.attempt, status, latency_ms, outcome = "delivered", "delivery attempt"
+            ),
+            Outcome::Retry { at, error } => tracing::warn!(
+                delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
+                attempt = claim.attempt, latency_ms, error = %error, next_attempt_at = %at,
+                outcome = "retry", "delivery attempt"
+            ),
+            Outcome::Dead { error } => tracing::error!(
+                delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
+                attempt = claim.attempt, latency_ms, error = %error, outcome = "dead",
+                "delivery attempt; the retry schedule is used up, replay it with the admin API or CLI"
+            ),
+        }
+        self.store.finish(&claim, outcome).await?;
+        Ok(step)
+    }
+
+    async fn attempt(&self, claim: &Claimed) -> Answer {
+        let url = match claim.environment {
+            Environment::Sandbox => &self.sandbox_url,
+            Environment::Production => &self.production_url,
+        };
+        let mut request = self
+            .client
+            .post(url.clone())
+            .timeout(self.timeout)
+            .body(claim.body.clone());
+        for (name, value) in claim.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                request = request.header(name, value);
+            }
+        }
+        let request = request
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .header("x-relay-delivery-id", claim.id.to_string())
+            .header("x-relay-attempt", claim.attempt.to_string());
+
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Answer::failure(describe(e, self.timeout)),
+        };
+        let status = response.status();
+        let retry_after = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| response.headers().get(RETRY_AFTER))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Read (a bounded part of) the answer so the connection can be reused.
+        let mut read = 0;
+        while read < MAX_ANSWER_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+        if status.is_success() {
+            Answer::Success(status)
+        } else {
+            Answer::Failure {
+                error: format!("Accelerate answered {status}"),
+                retry_after,
+            }
+        }
+    }
+}
+
+enum Answer {
+    Success(StatusCode),
+    Failure {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Answer {
+    fn failure(error: String) -> Self {
+        Answer::Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+fn describe(e: reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        format!("no answer within {} ms", timeout.as_millis())
+    } else if e.is_connect() {
+        "could not connect to Accelerate".to_owned()
+    } else {
+        format!("request failed: {}", e.without_url())
+    }
+}

@@ -1,0 +1,261 @@
+//! The minimal parse of a Checkout.com webhook: the few fields the relay needs,
+//! read straight from the received bytes. The bytes themselves are never
+//! re-serialised; they are stored and forwarded as they came.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Which Accelerate endpoint (and which Checkout.com keys) an event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Environment {
+    Sandbox,
+    Production,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 2] = [Environment::Sandbox, Environment::Production];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "sandbox",
+            Environment::Production => "production",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Environment {
+    type Err = EventError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sandbox" => Ok(Environment::Sandbox),
+            "production" => Ok(Environment::Production),
+            other => Err(EventError::UnknownEnvironment(other.to_owned())),
+        }
+    }
+}
+
+/// Longest event id or type kept; Checkout.com's are ~30 characters, so anything
+/// far longer is not a Checkout.com event and must not bloat the dedupe index.
+const MAX_FIELD_LEN: usize = 256;
+
+/// Checkout.com's event id (`evt_…`), the key for deduplication.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    pub fn parse(value: &str) -> Result<Self, EventError> {
+        bounded(value, "id").map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The envelope's `type`, e.g. `payment_approved`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventType(String);
+
+impl EventType {
+    pub fn parse(value: &str) -> Result<Self, EventError> {
+        bounded(value, "type").map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The processor token the merchant put in `data.metadata.AccelerateToken`.
+///
+/// `Display` shows only its ends (`tok_acc…9f3e`), so logging it is safe;
+/// `as_str` is for the store's lookup column only.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AccelerateToken(String);
+
+impl AccelerateToken {
+    /// `None` for an empty value: an empty token is no token.
+    pub fn parse(value: &str) -> Option<Self> {
+        (!value.is_empty()).then(|| Self(value.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The redacted form used in logs and in admin listings.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+/// Keeps the first 7 and last 4 characters of a long value, nothing of a short one.
+pub fn redact(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= 16 {
+        return "…".to_owned();
+    }
+    let head: String = chars[..7].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+impl fmt::Display for AccelerateToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for AccelerateToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccelerateToken({})", self.redacted())
+    }
+}
+
+/// What the relay knows about an event after the minimal parse.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: EventId,
+    pub event_type: EventType,
+    /// `None` when the event has no usable token: such events are ignored.
+    pub token: Option<AccelerateToken>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("the body is not a JSON object with string `id` and `type`: {0}")]
+    Malformed(String),
+    #[error("`{field}` must be 1 to {MAX_FIELD_LEN} characters")]
+    BadField { field: &'static str },
+    #[error("unknown environment `{0}`: use `sandbox` or `production`")]
+    UnknownEnvironment(String),
+}
+
+/// The envelope, borrowed from the body. Unknown fields are skipped without
+/// being copied; a duplicated `id` or `type` is an error (serde refuses it),
+/// so two readers of the same bytes can never disagree about the event.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    event_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow, default, rename = "AccelerateToken")]
+    token: Option<Cow<'a, str>>,
+}
+
+/// Reads `id`, `type` and `data.metadata.AccelerateToken` from the raw body.
+///
+/// The whole body must be valid JSON (so Accelerate gets nothing the relay could
+/// not read); anything unexpected below `data` only means "no token".
+pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
+    let token = envelope
+        .data
+        .and_then(|data| serde_json::from_str::<Data<'_>>(data.get()).ok())
+        .and_then(|data| data.metadata)
+        .and_then(|meta| serde_json::from_str::<Metadata<'_>>(meta.get()).ok())
+        .and_then(|meta| meta.token)
+        .and_then(|token| AccelerateToken::parse(&token));
+    Ok(Event {
+        id: EventId::parse(&envelope.id)?,
+        event_type: EventType::parse(&envelope.event_type)?,
+        token,
+    })
+}
+
+fn bounded(value: &str, field: &'static str) -> Result<String, EventError> {
+    if value.is_empty() || value.len() > MAX_FIELD_LEN {
+        return Err(EventError::BadField { field });
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_token_through_escapes_and_odd_layout() {
+        let body =
+            br#" { "data" : {"amount": 10.50, "metadata":{"AccelerateToken":"tok_\u0061cc_123"}},
+            "type":"payment_approved", "id":"evt_1" } "#;
+        let event = parse(body).expect("valid");
+        assert_eq!(event.id.as_str(), "evt_1");
+        assert_eq!(event.event_type.as_str(), "payment_approved");
+        assert_eq!(event.token.expect("token").as_str(), "tok_acc_123");
+    }
+
+    #[test]
+    fn anything_odd_below_data_is_no_token() {
+        for body in [
+            r#"{"id":"e","type":"t"}"#,
+            r#"{"id":"e","type":"t","data":null}"#,
+            r#"{"id":"e","type":"t","data":[1]}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":"x"}}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":5}}}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":""}}}"#,
+        ] {
+            assert!(
+                parse(body.as_bytes()).expect("valid").token.is_none(),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_must_be_an_object_with_string_id_and_type() {
+        for body in [
+            "",
+            "[]",
+            "null",
+            r#"{"id":1,"type":"t"}"#,
+            r#"{"type":"t"}"#,
+            r#"{"id":"e"}"#,
+            r#"{"id":"e","id":"f","type":"t"}"#,
+            r#"{"id":"e","type":"t"} x"#,
+            r#"{"id":"","type":"t"}"#,
+        ] {
+            assert!(parse(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn token_display_is_redacted() {
+        let token = AccelerateToken::parse("tok_acc_0123456789abcdef9f3e").expect("token");
+        assert_eq!(token.to_string(), "tok_acc…9f3e");
+        assert_eq!(AccelerateToken::parse("short").expect("t").to_string(), "…");
+    }
+}

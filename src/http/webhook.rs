@@ -1,0 +1,325 @@
+//! `POST /webhooks/checkoutdotcom[/{environment}]`: the receive path, and the
+//! one place where errors become the contract's answers.
+//!
+//! The checks run in the contract's order; the first that fails answers. A 2xx
+//! that means "accepted" is sent only after the store committed the event.
+
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::AppState;
+use crate::event::{self, Environment, EventError};
+use crate::store::{Accepted, ForwardHeaders, NewEvent, StoreError, Timestamp};
+use crate::verify::{self, VerifyError};
+
+/// The whole body must arrive within this; a client trickling bytes is cut off.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a 503 asks Checkout.com (or anyone) to wait before sending again.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+pub async fn receive_in(
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(Some(path.as_str()), &req, payload, &state).await
+}
+
+/// The bare URL: the one configured environment, 404 when both are.
+pub async fn receive_default(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(None, &req, payload, &state).await
+}
+
+async fn respond(
+    environment: Option<&str>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> HttpResponse {
+    let result = receive(environment, req, payload, state).await;
+    match &result {
+        Ok(answer) => answer.log(),
+        Err(error) => error.log(environment),
+    }
+    match result {
+        Ok(answer) => answer.into_response(),
+        Err(error) => error.error_response(),
+    }
+}
+
+/// A 200 answer of the contract's table.
+enum Answer {
+    Ignored {
+        environment: Environment,
+        event_id: String,
+        reason: &'static str,
+    },
+    Duplicate {
+        environment: Environment,
+        event_id: String,
+    },
+    Accepted {
+        environment: Environment,
+        event_id: String,
+        delivery_id: String,
+        token: String,
+    },
+}
+
+impl Answer {
+    fn into_response(self) -> HttpResponse {
+        HttpResponse::Ok().json(match self {
+            Answer::Ignored { reason, .. } => json!({ "status": "ignored", "reason": reason }),
+            Answer::Duplicate { event_id, .. } => {
+                json!({ "status": "duplicate", "event_id": event_id })
+            }
+            Answer::Accepted {
+                event_id,
+                delivery_id,
+                ..
+            } => json!({ "status": "accepted", "event_id": event_id, "delivery_id": delivery_id }),
+        })
+    }
+
+    fn log(&self) {
+        match self {
+            Answer::Ignored {
+                environment,
+                event_id,
+                reason,
+            } => {
+                tracing::info!(%environment, event_id, reason, status = 200, outcome = "ignored", "webhook")
+            }
+            Answer::Duplicate {
+                environment,
+                event_id,
+            } => {
+                tracing::info!(%environment, event_id, status = 200, outcome = "duplicate", "webhook")
+            }
+            Answer::Accepted {
+                environment,
+                event_id,
+                delivery_id,
+                token,
+            } => tracing::info!(
+                %environment, event_id, delivery_id, accelerate_token = token.as_str(),
+                status = 200, outcome = "accepted", "webhook"
+            ),
+        }
+    }
+}
+
+/// Every way a webhook is refused, mapped to its answer in `error_response`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("no such environment is configured")]
+    UnknownEnvironment,
+    #[error("body over {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the body did not arrive within {0:?}")]
+    SlowBody(Duration),
+    #[error("the body could not be read: {0}")]
+    BadBody(String),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Malformed(#[from] EventError),
+    #[error("the store could not commit: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ReceiveError {
+    fn code(&self) -> &'static str {
+        match self {
+            ReceiveError::UnknownEnvironment => "unknown_environment",
+            ReceiveError::TooLarge { .. } => "payload_too_large",
+            ReceiveError::SlowBody(_) => "request_timeout",
+            ReceiveError::BadBody(_) => "bad_request",
+            ReceiveError::Verify(VerifyError::Unauthorized) => "unauthorized",
+            ReceiveError::Verify(VerifyError::InvalidSignature) => "invalid_signature",
+            ReceiveError::Malformed(_) => "malformed_event",
+            ReceiveError::Store(_) => "store_unavailable",
+        }
+    }
+
+    fn log(&self, environment: Option<&str>) {
+        let status = self.status_code().as_u16();
+        let environment = environment.unwrap_or("default");
+        if let ReceiveError::Store(e) = self {
+            tracing::error!(environment, status, error = %e, outcome = "rejected", reason = self.code(),
+                "webhook not stored; answered 503 so Checkout.com sends it again. Check the database (disk space, connection)");
+        } else {
+            tracing::warn!(environment, status, error = %self, outcome = "rejected", reason = self.code(), "webhook");
+        }
+    }
+}
+
+impl ResponseError for ReceiveError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ReceiveError::UnknownEnvironment => StatusCode::NOT_FOUND,
+            ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ReceiveError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
+            ReceiveError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ReceiveError::Verify(_) => StatusCode::UNAUTHORIZED,
+            ReceiveError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ReceiveError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ReceiveError::Store(_) = self {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+        }
+        response.json(json!({ "error": self.code() }))
+    }
+}
+
+async fn receive(
+    environment: Option<&str>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Answer, ReceiveError> {
+    let config = &state.config;
+    let environment = resolve_environment(environment, config)?;
+    let credentials = config
+        .credentials(environment)
+        .ok_or(ReceiveError::UnknownEnvironment)?;
+    let body = read_body(req, payload, config.max_body_bytes).await?;
+
+    let headers = req.headers();
+    let body = verify::verify(
+        credentials,
+        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        headers.get("cko-signature").map(|v| v.as_bytes()),
+        body,
+    )?;
+    let event = event::parse(body.bytes())?;
+    let event_id = event.id.as_str().to_owned();
+
+    if !config
+        .event_types
+        .iter()
+        .any(|t| t == event.event_type.as_str())
+    {
+        return Ok(Answer::Ignored {
+            environment,
+            event_id,
+            reason: "event_type",
+        });
+    }
+    let Some(token) = event.token else {
+        return Ok(Answer::Ignored {
+            environment,
+            event_id,
+            reason: "no_accelerate_token",
+        });
+    };
+    let redacted = token.redacted();
+    let accepted = state
+        .store
+        .accept(NewEvent {
+            environment,
+            event_id: event.id,
+            event_type: event.event_type,
+            token,
+            body: body.into_bytes(),
+            headers: forward_headers(headers),
+            received_at: Timestamp::now(),
+        })
+        .await?;
+    Ok(match accepted {
+        Accepted::New(delivery_id) => {
+            state.wake.notify_one();
+            Answer::Accepted {
+                environment,
+                event_id,
+                delivery_id: delivery_id.to_string(),
+                token: redacted,
+            }
+        }
+        Accepted::Duplicate => Answer::Duplicate {
+            environment,
+            event_id,
+        },
+    })
+}
+
+fn resolve_environment(
+    requested: Option<&str>,
+    config: &crate::config::Config,
+) -> Result<Environment, ReceiveError> {
+    match requested {
+        Some(name) => {
+            let env: Environment = name.parse().map_err(|_| ReceiveError::UnknownEnvironment)?;
+            config
+                .credentials(env)
+                .map(|_| env)
+                .ok_or(ReceiveError::UnknownEnvironment)
+        }
+        None => {
+            let mut configured = config.environments();
+            match (configured.next(), configured.next()) {
+                (Some(only), None) => Ok(only),
+                _ => Err(ReceiveError::UnknownEnvironment),
+            }
+        }
+    }
+}
+
+/// Reads the raw body, refusing it as soon as it is known to be over `limit`
+/// (by its Content-Length, or while a chunked body streams in).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ReceiveError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ReceiveError::TooLarge { limit });
+    }
+    let read = async {
+        let mut body = BytesMut::with_capacity(declared.map_or(8192, |n| n as usize));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ReceiveError::BadBody(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ReceiveError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| ReceiveError::SlowBody(BODY_TIMEOUT))?
+}
+
+/// The headers Accelerate needs to check the webhook itself: Content-Type,
+/// Authorization, Cko-Signature and any other `Cko-*`, as received.
+fn forward_headers(headers: &HeaderMap) -> ForwardHeaders {
+    let mut forward = ForwardHeaders::default();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if name == "content-type" || name == "authorization" || name.starts_with("cko-") {
+            forward.push(name, value.as_bytes());
+        }
+    }
+    forward
+}

@@ -1,0 +1,158 @@
+//! Row shapes and SQL shared by both backends (both accept `$N` parameters).
+
+use bytes::Bytes;
+
+use super::{
+    Claimed, Delivery, DeliveryId, ForwardHeaders, ListFilter, Outcome, StoreError, Timestamp,
+};
+use crate::event::{redact, Environment};
+
+pub const ACCEPT: &str = "INSERT INTO deliveries \
+     (environment, event_id, event_type, accelerate_token, body, headers, next_attempt_at, received_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+     ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
+
+/// Columns a claim returns, in `ClaimRow`'s order.
+pub const CLAIM_RETURNING: &str =
+    "RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at";
+
+/// `$1` id, `$2` attempt number claimed (the fence against a lost lease).
+pub const FINISH_DELIVERED: &str =
+    "UPDATE deliveries SET status = 'delivered', delivered_at = $3, \
+     last_status = $4, last_error = NULL, leased_until = NULL \
+     WHERE id = $1 AND attempts = $2 AND status = 'pending'";
+pub const FINISH_RETRY: &str = "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, \
+     leased_until = NULL WHERE id = $1 AND attempts = $2 AND status = 'pending'";
+pub const FINISH_DEAD: &str = "UPDATE deliveries SET status = 'dead', last_error = $3, \
+     leased_until = NULL WHERE id = $1 AND attempts = $2 AND status = 'pending'";
+
+/// The update that records how an attempt ended.
+pub fn finish_query<'q, DB>(
+    id: DeliveryId,
+    attempt: u32,
+    outcome: &'q Outcome,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let query = |sql| sqlx::query(sql).bind(id.0).bind(i64::from(attempt));
+    match outcome {
+        Outcome::Delivered { at, status } => {
+            query(FINISH_DELIVERED).bind(at.0).bind(i64::from(*status))
+        }
+        Outcome::Retry { at, error } => query(FINISH_RETRY).bind(at.0).bind(error.as_str()),
+        Outcome::Dead { error } => query(FINISH_DEAD).bind(error.as_str()),
+    }
+}
+
+/// A manual retry gets the whole schedule again; attempts keep counting up so
+/// `X-Relay-Attempt` never repeats.
+pub const RETRY_ONE: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, \
+     leased_until = NULL, attempts_base = attempts WHERE id = $1";
+pub const RETRY_DEAD: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
+     leased_until = NULL, attempts_base = attempts WHERE status = 'dead'";
+
+/// Bounded, so one purge never holds the writer for long.
+pub const PURGE_DELIVERED: &str = "DELETE FROM deliveries WHERE id IN \
+     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 LIMIT $2)";
+
+/// A leased delivery counts as due when its lease runs out.
+pub const NEXT_DUE: &str =
+    "SELECT MIN(CASE WHEN leased_until IS NOT NULL AND leased_until > next_attempt_at \
+     THEN leased_until ELSE next_attempt_at END) FROM deliveries WHERE status = 'pending'";
+
+const DELIVERY_COLUMNS: &str =
+    "SELECT id, environment, event_id, event_type, accelerate_token, status, \
+     attempts, next_attempt_at, last_error, received_at, delivered_at FROM deliveries";
+
+pub fn get_sql() -> String {
+    format!("{DELIVERY_COLUMNS} WHERE id = $1")
+}
+
+/// `$1` status, `$2` token, `$3` event id (each NULL for "any"), `$4` limit.
+pub fn list_sql() -> String {
+    format!(
+        "{DELIVERY_COLUMNS} WHERE ($1 IS NULL OR status = $1) \
+         AND ($2 IS NULL OR accelerate_token = $2) AND ($3 IS NULL OR event_id = $3) \
+         ORDER BY id DESC LIMIT $4"
+    )
+}
+
+pub fn list_binds(filter: &ListFilter) -> (Option<&'static str>, Option<&str>, Option<&str>, i64) {
+    (
+        filter.status.map(|s| s.as_str()),
+        filter.accelerate_token.as_deref(),
+        filter.event_id.as_deref(),
+        i64::from(if filter.limit == 0 { 100 } else { filter.limit }),
+    )
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ClaimRow {
+    id: i64,
+    environment: String,
+    event_id: String,
+    body: Vec<u8>,
+    headers: Vec<u8>,
+    attempts: i64,
+    attempts_base: i64,
+    received_at: i64,
+}
+
+impl TryFrom<ClaimRow> for Claimed {
+    type Error = StoreError;
+
+    fn try_from(row: ClaimRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(row.id, what.to_owned());
+        Ok(Claimed {
+            id: DeliveryId(row.id),
+            environment: row
+                .environment
+                .parse::<Environment>()
+                .map_err(|_| corrupt("environment"))?,
+            headers: ForwardHeaders::decode(&row.headers).ok_or_else(|| corrupt("headers"))?,
+            attempt: u32::try_from(row.attempts).map_err(|_| corrupt("attempts"))?,
+            schedule_attempt: u32::try_from(row.attempts - row.attempts_base)
+                .map_err(|_| corrupt("attempts_base"))?,
+            received_at: Timestamp(row.received_at),
+            event_id: row.event_id,
+            body: Bytes::from(row.body),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct DeliveryRow {
+    id: i64,
+    environment: String,
+    event_id: String,
+    event_type: String,
+    accelerate_token: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    received_at: i64,
+    delivered_at: Option<i64>,
+}
+
+impl From<DeliveryRow> for Delivery {
+    fn from(row: DeliveryRow) -> Self {
+        let pending = row.status == "pending";
+        Delivery {
+            id: DeliveryId(row.id).to_string(),
+            environment: row.environment,
+            event_id: row.event_id,
+            event_type: row.event_type,
+            accelerate_token: redact(&row.accelerate_token),
+            status: row.status,
+            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+            next_attempt_at: pending.then(|| Timestamp(row.next_attempt_at).to_string()),
+            last_error: row.last_error,
+            received_at: Timestamp(row.received_at).to_string(),
+            delivered_at: row.delivered_at.map(|t| Timestamp(t).to_string()),
+        }
+    }
+}
