@@ -1,0 +1,237 @@
+//! Test harness: the real application on port 0 with a temporary SQLite file,
+//! mock Accelerates that are real HTTP servers, and Checkout.com-style signing.
+#![allow(dead_code)]
+
+pub mod mock;
+
+use std::time::Duration;
+
+use accelerate_relay::config::Config;
+use accelerate_relay::store::Store;
+use accelerate_relay::Application;
+use actix_web::dev::ServerHandle;
+use tokio::task::JoinHandle;
+
+pub use mock::{MockAccelerate, Reply};
+
+pub const SANDBOX_AUTH: &str = "sbx-authorization-key-1";
+pub const SANDBOX_AUTH_NEW: &str = "sbx-authorization-key-2";
+pub const SANDBOX_SIG: &str = "sbx-signature-key-1";
+pub const SANDBOX_SIG_NEW: &str = "sbx-signature-key-2";
+pub const PRODUCTION_AUTH: &str = "prd-authorization-key-1";
+pub const PRODUCTION_SIG: &str = "prd-signature-key-1";
+
+/// Fixtures that are relayed, with the environment each is sent to.
+pub const RELAYED: &[(&str, &str)] = &[
+    ("payment_approved.json", "sandbox"),
+    ("payment_declined.json", "sandbox"),
+    ("payment_approved_unusual.json", "sandbox"),
+    ("payment_approved_production.json", "production"),
+    ("payment_declined_production.json", "production"),
+];
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+pub fn sign(key: &str, body: &[u8]) -> String {
+    accelerate_relay::verify::sign(key.as_bytes(), body)
+}
+
+/// A small real-shaped approved event with its own id and token.
+pub fn approved_event(id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{id}","type":"payment_approved","version":"1.0.33","created_on":"2026-11-24T14:15:22Z","data":{{"id":"pay_{id}","amount":6540,"currency":"USD","approved":true,"metadata":{{"AccelerateToken":"tok_acc_{id}_0123456789"}}}},"_links":{{}}}}"#
+    )
+    .into_bytes()
+}
+
+pub fn keys_for(env: &str) -> (&'static str, &'static str) {
+    match env {
+        "production" => (PRODUCTION_AUTH, PRODUCTION_SIG),
+        _ => (SANDBOX_AUTH, SANDBOX_SIG),
+    }
+}
+
+/// Both environments on, each with its own mock Accelerate, fast retries.
+pub fn base_vars(
+    sandbox: &MockAccelerate,
+    production: &MockAccelerate,
+    db_url: &str,
+) -> Vec<(String, String)> {
+    [
+        ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
+        ("RELAY_DATABASE_URL", db_url.to_owned()),
+        (
+            "CKO_SANDBOX_AUTHORIZATION_KEY",
+            format!("{SANDBOX_AUTH},{SANDBOX_AUTH_NEW}"),
+        ),
+        (
+            "CKO_SANDBOX_SIGNATURE_KEY",
+            format!("{SANDBOX_SIG},{SANDBOX_SIG_NEW}"),
+        ),
+        (
+            "CKO_PRODUCTION_AUTHORIZATION_KEY",
+            PRODUCTION_AUTH.to_owned(),
+        ),
+        ("CKO_PRODUCTION_SIGNATURE_KEY", PRODUCTION_SIG.to_owned()),
+        ("ACCELERATE_SANDBOX_URL", sandbox.url()),
+        ("ACCELERATE_PRODUCTION_URL", production.url()),
+        ("RELAY_RETRY_SCHEDULE", "100ms,200ms,300ms".to_owned()),
+        ("RELAY_DELIVERY_TIMEOUT_MS", "2000".to_owned()),
+        ("RELAY_SHUTDOWN_GRACE_MS", "3000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Applies overrides; an empty value unsets the variable.
+pub fn with_overrides(
+    mut vars: Vec<(String, String)>,
+    overrides: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    for (key, value) in overrides {
+        vars.retain(|(k, _)| k != key);
+        if !value.is_empty() {
+            vars.push((key.to_string(), value.to_string()));
+        }
+    }
+    vars
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub store: Store,
+    pub sandbox: MockAccelerate,
+    pub production: MockAccelerate,
+    pub db_path: std::path::PathBuf,
+    pub client: reqwest::Client,
+    handle: ServerHandle,
+    join: JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
+        let sandbox = MockAccelerate::start().await;
+        let production = MockAccelerate::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db_path = dir.path().join("relay.db");
+        let db_url = format!("sqlite://{}", db_path.display());
+        let vars = with_overrides(base_vars(&sandbox, &production, &db_url), overrides);
+        let config = Config::from_vars(vars).expect("test configuration is valid");
+        let app = Application::build(config)
+            .await
+            .expect("application builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let store = app.store();
+        let handle = app.handle();
+        let join = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            store,
+            sandbox,
+            production,
+            db_path,
+            client: reqwest::Client::new(),
+            handle,
+            join,
+            _dir: dir,
+        }
+    }
+
+    /// POSTs `body` with the given header values (each may be absent).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        authorization: Option<&str>,
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        if let Some(s) = signature {
+            request = request.header("cko-signature", s);
+        }
+        request.send().await.expect("the relay answers")
+    }
+
+    /// Sends `body` to `/webhooks/checkoutdotcom/{env}` as Checkout.com would.
+    pub async fn send(&self, env: &str, body: Vec<u8>) -> reqwest::Response {
+        let (auth, key) = keys_for(env);
+        let signature = sign(key, &body);
+        self.post(
+            &format!("/webhooks/checkoutdotcom/{env}"),
+            body,
+            Some(auth),
+            Some(&signature),
+        )
+        .await
+    }
+
+    pub async fn send_json(&self, env: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        answer(self.send(env, body).await).await
+    }
+
+    /// Stops like SIGTERM does and waits for the relay to finish.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.join
+            .await
+            .expect("the relay task ends")
+            .expect("the relay stops cleanly");
+    }
+
+    /// Reads a delivery's status straight from the SQLite file, through a
+    /// connection of the test's own (what is there is what is on disk).
+    pub async fn status_on_disk(&self, event_id: &str) -> Option<String> {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path.display()))
+                .await
+                .expect("open the relay's database");
+        sqlx::query_scalar("SELECT status FROM deliveries WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&mut conn)
+            .await
+            .expect("query the relay's database")
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("an answer body");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, body)
+}
+
+/// Polls `check` until it is true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,393 @@
+//! Every row of the contract's answer table, in order, over the real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const APPROVED: &str = "payment_approved.json";
+
+#[tokio::test]
+async fn unconfigured_or_unknown_environment_is_404() {
+    let app = TestApp::spawn_with(&[
+        ("CKO_PRODUCTION_AUTHORIZATION_KEY", ""),
+        ("CKO_PRODUCTION_SIGNATURE_KEY", ""),
+    ])
+    .await;
+    for env in ["production", "staging"] {
+        let (status, body) = app.send_json(env, fixture(APPROVED)).await;
+        assert_eq!(status, 404, "{env}");
+        assert_eq!(body, json!({"error": "unknown_environment"}));
+    }
+    assert!(app
+        .status_on_disk("evt_az5sblvku4ge3dwpztvyizgcau")
+        .await
+        .is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bare_url_is_the_only_configured_environment() {
+    let app = TestApp::spawn_with(&[
+        ("CKO_SANDBOX_AUTHORIZATION_KEY", ""),
+        ("CKO_SANDBOX_SIGNATURE_KEY", ""),
+    ])
+    .await;
+    let body = fixture("payment_approved_production.json");
+    let sig = sign(PRODUCTION_SIG, &body);
+    let (status, answer_body) = answer(
+        app.post(
+            "/webhooks/checkoutdotcom",
+            body,
+            Some(PRODUCTION_AUTH),
+            Some(&sig),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer_body["status"], "accepted");
+    let got = app.production.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got[0].body.as_ref(),
+        fixture("payment_approved_production.json")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bare_url_is_404_when_both_environments_are_configured() {
+    let app = TestApp::spawn().await;
+    let body = fixture(APPROVED);
+    let sig = sign(SANDBOX_SIG, &body);
+    let (status, body) = answer(
+        app.post(
+            "/webhooks/checkoutdotcom",
+            body,
+            Some(SANDBOX_AUTH),
+            Some(&sig),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body, json!({"error": "unknown_environment"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_before_any_key_is_checked() {
+    let app = TestApp::spawn_with(&[("RELAY_MAX_BODY_BYTES", "1024")]).await;
+    let mut big = approved_event("evt_big");
+    big.truncate(big.len() - 1);
+    big.extend(std::iter::repeat_n(b' ', 2000));
+    big.push(b'}');
+    // Declared by Content-Length, unsigned and unauthorised: still 413 first.
+    let (status, body) = answer(
+        app.post("/webhooks/checkoutdotcom/sandbox", big.clone(), None, None)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(body, json!({"error": "payload_too_large"}));
+
+    // Chunked (no Content-Length), correctly signed: refused while it streams in.
+    let sig = sign(SANDBOX_SIG, &big);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(256).map(|c| Ok(c.to_vec())).collect();
+    let response = app
+        .client
+        .post(format!("{}/webhooks/checkoutdotcom/sandbox", app.address))
+        .header("authorization", SANDBOX_AUTH)
+        .header("cko-signature", sig)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 413);
+
+    // Exactly at the limit is fine.
+    let mut exact = approved_event("evt_exact");
+    exact.truncate(exact.len() - 1);
+    exact.extend(std::iter::repeat_n(b' ', 1023 - exact.len()));
+    exact.push(b'}');
+    assert_eq!(exact.len(), 1024);
+    let (status, _) = app.send_json("sandbox", exact).await;
+    assert_eq!(status, 200);
+    assert!(app.status_on_disk("evt_big").await.is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn missing_or_wrong_authorization_is_401_unauthorized() {
+    let app = TestApp::spawn().await;
+    let body = fixture(APPROVED);
+    let sig = sign(SANDBOX_SIG, &body);
+    let path = "/webhooks/checkoutdotcom/sandbox";
+    for auth in [
+        None,
+        Some("wrong"),
+        Some(PRODUCTION_AUTH),
+        Some(""),
+        Some("sbx-authorization-key-"),
+    ] {
+        let (status, answer_body) =
+            answer(app.post(path, body.clone(), auth, Some(&sig)).await).await;
+        assert_eq!(status, 401, "{auth:?}");
+        assert_eq!(answer_body, json!({"error": "unauthorized"}));
+    }
+    // Wrong Authorization wins over a wrong signature (contract order).
+    let (_, b) = answer(
+        app.post(path, body.clone(), Some("wrong"), Some("zz"))
+            .await,
+    )
+    .await;
+    assert_eq!(b, json!({"error": "unauthorized"}));
+    assert!(app
+        .status_on_disk("evt_az5sblvku4ge3dwpztvyizgcau")
+        .await
+        .is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn missing_bad_or_foreign_signature_is_401_invalid_signature() {
+    let app = TestApp::spawn().await;
+    let body = fixture(APPROVED);
+    let path = "/webhooks/checkoutdotcom/sandbox";
+    let mut changed = body.clone();
+    changed.push(b' ');
+    let cases: Vec<(Vec<u8>, Option<String>)> = vec![
+        (body.clone(), None),
+        (body.clone(), Some("not-hex!".into())),
+        (body.clone(), Some("abcd".into())),
+        (body.clone(), Some(sign(PRODUCTION_SIG, &body))),
+        (body.clone(), Some(sign(SANDBOX_AUTH, &body))),
+        (changed.clone(), Some(sign(SANDBOX_SIG, &body))),
+    ];
+    for (payload, sig) in cases {
+        let (status, b) = answer(
+            app.post(path, payload, Some(SANDBOX_AUTH), sig.as_deref())
+                .await,
+        )
+        .await;
+        assert_eq!(status, 401, "{sig:?}");
+        assert_eq!(b, json!({"error": "invalid_signature"}));
+    }
+    assert!(app
+        .status_on_disk("evt_az5sblvku4ge3dwpztvyizgcau")
+        .await
+        .is_none());
+    assert!(app.sandbox.received().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn body_that_is_not_an_event_is_400_malformed() {
+    let app = TestApp::spawn().await;
+    for body in [
+        &b"not json"[..],
+        b"",
+        b"[]",
+        b"\"evt_1\"",
+        br#"{"type":"payment_approved"}"#,
+        br#"{"id":"evt_1"}"#,
+        br#"{"id":42,"type":"payment_approved"}"#,
+        br#"{"id":"evt_1","type":null}"#,
+        br#"{"id":"evt_1","id":"evt_2","type":"payment_approved"}"#,
+        br#"{"id":"evt_1","type":"payment_approved"} trailing"#,
+        b"{\"id\":\"evt_\xff\",\"type\":\"payment_approved\"}",
+    ] {
+        let (status, b) = app.send_json("sandbox", body.to_vec()).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(body));
+        assert_eq!(b, json!({"error": "malformed_event"}));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn other_event_types_are_ignored_and_never_stored() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .send_json("sandbox", fixture("payment_captured.json"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"status": "ignored", "reason": "event_type"}));
+    assert!(app
+        .status_on_disk("evt_c7qzn3mxr5hf4exqauzjzhdecw")
+        .await
+        .is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn configured_event_types_are_the_ones_relayed() {
+    let app = TestApp::spawn_with(&[("RELAY_EVENT_TYPES", "payment_captured")]).await;
+    let (_, body) = app
+        .send_json("sandbox", fixture("payment_captured.json"))
+        .await;
+    assert_eq!(body["status"], "accepted");
+    let (_, body) = app.send_json("sandbox", fixture(APPROVED)).await;
+    assert_eq!(body, json!({"status": "ignored", "reason": "event_type"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_without_a_token_are_ignored_and_never_stored() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .send_json("sandbox", fixture("payment_approved_no_token.json"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"status": "ignored", "reason": "no_accelerate_token"})
+    );
+    for (i, data) in [
+        r#"{"metadata":{"AccelerateToken":""}}"#,
+        r#"{"metadata":{"AccelerateToken":123}}"#,
+        r#"null"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event = format!(r#"{{"id":"evt_nt{i}","type":"payment_declined","data":{data}}}"#);
+        let (status, body) = app.send_json("sandbox", event.into_bytes()).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["reason"], "no_accelerate_token", "{data}");
+        assert!(app.status_on_disk(&format!("evt_nt{i}")).await.is_none());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn accepted_event_is_on_disk_when_answered() {
+    let app = TestApp::spawn().await;
+    // Accelerate fails, so the row stays pending and can be seen as committed.
+    app.sandbox.set_default(Reply::Status(500));
+    let (status, body) = app.send_json("sandbox", fixture(APPROVED)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(body["event_id"], "evt_az5sblvku4ge3dwpztvyizgcau");
+    assert!(body["delivery_id"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("dlv_")));
+    let on_disk = app.status_on_disk("evt_az5sblvku4ge3dwpztvyizgcau").await;
+    assert!(on_disk.is_some(), "a 200 accepted must mean committed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn resent_event_is_duplicate_and_forwarded_once() {
+    let app = TestApp::spawn().await;
+    let (_, first) = app.send_json("sandbox", fixture(APPROVED)).await;
+    assert_eq!(first["status"], "accepted");
+    for _ in 0..3 {
+        let (status, again) = app.send_json("sandbox", fixture(APPROVED)).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            again,
+            json!({"status": "duplicate", "event_id": "evt_az5sblvku4ge3dwpztvyizgcau"})
+        );
+    }
+    app.sandbox.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.sandbox.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn same_event_id_in_the_other_environment_is_not_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let body = approved_event("evt_both");
+    let (_, a) = app.send_json("sandbox", body.clone()).await;
+    let (_, b) = app.send_json("production", body).await;
+    assert_eq!(a["status"], "accepted");
+    assert_eq!(b["status"], "accepted");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_rotated_key_is_accepted() {
+    let app = TestApp::spawn().await;
+    let mut n = 0;
+    for auth in [SANDBOX_AUTH, SANDBOX_AUTH_NEW] {
+        for key in [SANDBOX_SIG, SANDBOX_SIG_NEW] {
+            n += 1;
+            let body = approved_event(&format!("evt_rot{n}"));
+            let sig = sign(key, &body);
+            let (status, b) = answer(
+                app.post(
+                    "/webhooks/checkoutdotcom/sandbox",
+                    body,
+                    Some(auth),
+                    Some(&sig),
+                )
+                .await,
+            )
+            .await;
+            assert_eq!((status, b["status"].as_str()), (200, Some("accepted")));
+        }
+    }
+    app.sandbox.wait_for(4, Duration::from_secs(5)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn store_that_cannot_commit_answers_503_and_recovers() {
+    let app = TestApp::spawn().await;
+    let blocker = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path.display()))
+            .await
+            .expect("open")
+    };
+    let mut blocker = blocker;
+    sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        .execute(&mut blocker)
+        .await
+        .expect("install trigger");
+
+    let response = app.send("sandbox", approved_event("evt_503")).await;
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let (_, body) = answer(response).await;
+    assert_eq!(body, json!({"error": "store_unavailable"}));
+    assert!(app.status_on_disk("evt_503").await.is_none());
+
+    sqlx::query("DROP TRIGGER refuse")
+        .execute(&mut blocker)
+        .await
+        .expect("drop trigger");
+    let (status, body) = app.send_json("sandbox", approved_event("evt_503")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
+    app.sandbox.wait_for(1, Duration::from_secs(5)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = TestApp::spawn().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+    let store = app.store.clone();
+    app.stop().await;
+    assert!(store.ping().await.is_err(), "a closed store is not ready");
+}
