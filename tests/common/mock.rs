@@ -114,6 +114,19 @@ impl MockAccelerate {
         received
     }
 
+    /// Waits for a request that `matches`; panics if none comes.
+    pub async fn wait_until(
+        &self,
+        within: Duration,
+        matches: impl Fn(&Received) -> bool,
+    ) -> Received {
+        let found = || self.received().into_iter().find(|r| matches(r));
+        super::eventually(within, || async { found().is_some() }).await;
+        found().unwrap_or_else(|| {
+            panic!("mock Accelerate: the expected request did not come within {within:?}")
+        })
+    }
+
     pub async fn stop(&self) {
         self.handle.stop(false).await;
     }

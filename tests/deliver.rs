@@ -1,0 +1,371 @@
+//! Every delivery rule of the contract, observed at a mock Accelerate.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn fixtures_reach_accelerate_byte_for_byte_with_their_headers() {
+    let app = TestApp::spawn().await;
+    for (name, env) in RELAYED {
+        let body = fixture(name);
+        let (auth, key) = keys_for(env);
+        let sig = sign(key, &body);
+        let response = app
+            .client
+            .post(format!("{}/webhooks/checkoutdotcom/{env}", app.address))
+            .header("content-type", "application/json; charset=utf-8")
+            .header("authorization", auth)
+            .header("cko-signature", &sig)
+            .header("cko-request-id", format!("req-{name}"))
+            .header("x-not-forwarded", "1")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("answer");
+        let (status, answer_body) = answer(response).await;
+        assert_eq!(
+            (status, answer_body["status"].as_str()),
+            (200, Some("accepted")),
+            "{name}"
+        );
+        let mock = if *env == "sandbox" {
+            &app.sandbox
+        } else {
+            &app.production
+        };
+        let request_id = format!("req-{name}");
+        let got = mock
+            .wait_until(WAIT, |r| {
+                r.header_str("cko-request-id") == Some(&request_id)
+            })
+            .await;
+        assert_eq!(got.body.as_ref(), body.as_slice(), "{name}: bytes changed");
+        assert_eq!(got.path, "/webhooks/checkoutdotcom");
+        assert_eq!(
+            got.header_str("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        assert_eq!(got.header_str("authorization"), Some(auth));
+        assert_eq!(got.header_str("cko-signature"), Some(sig.as_str()));
+        assert_eq!(
+            got.header_str("user-agent"),
+            Some(concat!("accelerate-relay/", env!("CARGO_PKG_VERSION")))
+        );
+        assert_eq!(
+            got.header_str("x-relay-delivery-id"),
+            answer_body["delivery_id"].as_str()
+        );
+        assert_eq!(got.header_str("x-relay-attempt"), Some("1"));
+        assert!(got.header("x-not-forwarded").is_none());
+        // Accelerate can verify what it got with the same key.
+        assert_eq!(sign(key, &got.body), sig);
+    }
+    let sandbox = app.sandbox.received().len();
+    let production = app.production.received().len();
+    assert_eq!((sandbox, production), (3, 2));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sandbox_and_production_never_cross() {
+    let app = TestApp::spawn().await;
+    for i in 0..5 {
+        app.send("sandbox", approved_event(&format!("evt_sbx{i}")))
+            .await;
+        app.send("production", approved_event(&format!("evt_prd{i}")))
+            .await;
+    }
+    let sandbox = app.sandbox.wait_for(5, WAIT).await;
+    let production = app.production.wait_for(5, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.sandbox.received().len(), 5);
+    assert_eq!(app.production.received().len(), 5);
+    assert!(sandbox
+        .iter()
+        .all(|r| String::from_utf8_lossy(&r.body).contains("evt_sbx")));
+    assert!(production
+        .iter()
+        .all(|r| String::from_utf8_lossy(&r.body).contains("evt_prd")));
+    assert!(production
+        .iter()
+        .all(|r| r.header_str("authorization") == Some(PRODUCTION_AUTH)));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_attempt_is_retried_with_the_next_attempt_number() {
+    let app = TestApp::spawn().await;
+    app.sandbox.script([Reply::Status(500), Reply::Status(404)]);
+    app.send("sandbox", approved_event("evt_retry")).await;
+    let got = app.sandbox.wait_for(3, WAIT).await;
+    let attempts: Vec<_> = got
+        .iter()
+        .map(|r| r.header_str("x-relay-attempt").unwrap_or(""))
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert!(got.windows(2).all(|w| w[0].body == w[1].body));
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header_str("x-relay-delivery-id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    // The schedule is 100ms then 200ms (+ up to 10%).
+    assert!(got[1].at - got[0].at >= Duration::from_millis(100));
+    assert!(got[2].at - got[1].at >= Duration::from_millis(200));
+    assert!(
+        eventually(WAIT, || async {
+            app.status_on_disk("evt_retry").await.as_deref() == Some("delivered")
+        })
+        .await
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn slow_accelerate_times_out_and_is_retried() {
+    let app = TestApp::spawn_with(&[("RELAY_DELIVERY_TIMEOUT_MS", "300")]).await;
+    app.sandbox
+        .script([Reply::Slow(Duration::from_secs(2), 200)]);
+    app.send("sandbox", approved_event("evt_slow")).await;
+    let got = app.sandbox.wait_for(2, WAIT).await;
+    assert_eq!(got[1].header_str("x-relay-attempt"), Some("2"));
+    // Second attempt went out after the timeout, not after the slow answer.
+    assert!(got[1].at - got[0].at < Duration::from_millis(1500));
+    assert!(
+        eventually(WAIT, || async {
+            app.status_on_disk("evt_slow").await.as_deref() == Some("delivered")
+        })
+        .await
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn accelerate_down_then_back_gets_every_event() {
+    // A port nobody listens on yet: connection refused until the mock starts there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let url = format!("http://127.0.0.1:{port}/webhooks/checkoutdotcom");
+    let app = TestApp::spawn_with(&[
+        ("ACCELERATE_SANDBOX_URL", &url),
+        (
+            "RELAY_RETRY_SCHEDULE",
+            "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+        ),
+    ])
+    .await;
+    for i in 0..3 {
+        let (status, _) = app
+            .send_json("sandbox", approved_event(&format!("evt_down{i}")))
+            .await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let back =
+        MockAccelerate::start_on(std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind"))
+            .await;
+    let got = back.wait_for(3, WAIT).await;
+    assert!(
+        got.iter()
+            .all(|r| r.header_str("x-relay-attempt") != Some("1")),
+        "the first attempts failed"
+    );
+    for i in 0..3 {
+        let id = format!("evt_down{i}");
+        assert!(
+            eventually(WAIT, || async {
+                app.status_on_disk(&id).await.as_deref() == Some("delivered")
+            })
+            .await
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_on_429_and_503_is_honoured() {
+    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "50ms,50ms,50ms")]).await;
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
+    app.sandbox.script([
+        Reply::RetryAfter(429, "1".into()),
+        Reply::RetryAfter(503, date),
+    ]);
+    app.send("sandbox", approved_event("evt_ra")).await;
+    let got = app.sandbox.wait_for(3, WAIT).await;
+    let first_wait = got[1].at - got[0].at;
+    assert!(
+        first_wait >= Duration::from_secs(1),
+        "429 Retry-After: 1 waited {first_wait:?}"
+    );
+    assert!(
+        first_wait < Duration::from_millis(1500),
+        "waited {first_wait:?}"
+    );
+    // The HTTP date was ~2 s after the first request; allow for whole-second dates.
+    let second_wait = got[2].at - got[1].at;
+    assert!(
+        second_wait >= Duration::from_millis(500),
+        "503 Retry-After date waited {second_wait:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_on_other_statuses_is_not_a_reason_to_wait() {
+    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "50ms")]).await;
+    app.sandbox.script([Reply::RetryAfter(500, "30".into())]);
+    app.send("sandbox", approved_event("evt_ra500")).await;
+    let got = app.sandbox.wait_for(2, WAIT).await;
+    assert!(got[1].at - got[0].at < Duration::from_secs(5));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept() {
+    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "50ms,50ms")]).await;
+    app.sandbox.set_default(Reply::Status(500));
+    app.send("sandbox", approved_event("evt_dead")).await;
+    app.sandbox.wait_for(3, WAIT).await;
+    assert!(
+        eventually(WAIT, || async {
+            app.status_on_disk("evt_dead").await.as_deref() == Some("dead")
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.sandbox.received().len(),
+        3,
+        "no attempt after the schedule"
+    );
+
+    let dead = app
+        .store
+        .list(&accelerate_relay::store::ListFilter {
+            status: Some(accelerate_relay::store::Status::Dead),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, "evt_dead");
+    assert_eq!(dead[0].attempts, 3);
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("500")));
+    assert!(
+        !dead[0].accelerate_token.contains("0123456789"),
+        "token is redacted"
+    );
+
+    // Replayable: a retry gets the whole schedule again and is delivered.
+    app.sandbox.set_default(Reply::Status(200));
+    let n = app
+        .store
+        .retry_dead(accelerate_relay::store::Timestamp::now())
+        .await
+        .expect("retry dead");
+    assert_eq!(n, 1);
+    let got = app.sandbox.wait_for(4, WAIT).await;
+    assert_eq!(got[3].header_str("x-relay-attempt"), Some("4"));
+    assert!(
+        eventually(WAIT, || async {
+            app.status_on_disk("evt_dead").await.as_deref() == Some("delivered")
+        })
+        .await
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_events_are_each_delivered_once() {
+    let app = TestApp::spawn().await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let app = std::sync::Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            let env = if i % 2 == 0 { "sandbox" } else { "production" };
+            let (status, body) = app
+                .send_json(env, approved_event(&format!("evt_c{i:03}")))
+                .await;
+            (status, body["status"].as_str().map(str::to_owned))
+        }));
+    }
+    for task in tasks {
+        assert_eq!(
+            task.await.expect("task"),
+            (200, Some("accepted".to_owned()))
+        );
+    }
+    app.sandbox.wait_for(100, WAIT).await;
+    app.production.wait_for(100, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in app
+        .sandbox
+        .received()
+        .into_iter()
+        .chain(app.production.received())
+    {
+        let event: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        *seen
+            .entry(event["id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 200);
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "an event was delivered twice"
+    );
+    std::sync::Arc::into_inner(app)
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
+#[tokio::test]
+async fn worker_step_reports_what_it_did() {
+    use accelerate_relay::deliver::{Step, Worker};
+    // A second worker on the same store, driven by hand while the app's own
+    // worker is busy elsewhere: the store's leases keep them from colliding.
+    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "1h")]).await;
+    app.sandbox.set_default(Reply::Status(500));
+    app.send("sandbox", approved_event("evt_step")).await;
+    app.sandbox.wait_for(1, WAIT).await;
+    let config = accelerate_relay::config::Config::from_vars(with_overrides(
+        base_vars(&app.sandbox, &app.production, "sqlite://unused.db"),
+        &[("RELAY_RETRY_SCHEDULE", "1h")],
+    ))
+    .expect("config");
+    let worker = Worker::new(&config, app.store.clone(), Default::default()).expect("worker");
+    // The only delivery waits an hour: nothing is due.
+    assert_eq!(worker.deliver_next().await.expect("step"), Step::Empty);
+    let id = app.store.list(&Default::default()).await.expect("list")[0]
+        .id
+        .parse()
+        .expect("id");
+    app.store
+        .retry(id, accelerate_relay::store::Timestamp::now())
+        .await
+        .expect("retry");
+    app.sandbox.set_default(Reply::Status(200));
+    let step = worker.deliver_next().await.expect("step");
+    // The app's own worker may have been quicker; either way it is delivered once more.
+    assert!(matches!(step, Step::Delivered | Step::Empty), "{step:?}");
+    assert!(
+        eventually(WAIT, || async {
+            app.status_on_disk("evt_step").await.as_deref() == Some("delivered")
+        })
+        .await
+    );
+    app.stop().await;
+}
