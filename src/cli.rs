@@ -1,13 +1,16 @@
-//! The command line: `serve` (the default), `check-config`, `sign`.
+//! The command line: `serve` (the default), `check-config`, `sign`, `replay`,
+//! `deliveries` and `healthcheck`.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
+use crate::store::{DeliveryId, ListFilter, Role, Status, Store, Timestamp};
 use crate::{telemetry, verify, Application};
 
 #[derive(Parser)]
@@ -33,6 +36,49 @@ enum Command {
         key: String,
         file: Option<PathBuf>,
     },
+    /// Send each JSON file as Checkout.com would (signed, same headers) and
+    /// print what the relay answered, one line each.
+    Replay {
+        /// The relay's webhook URL, e.g. http://127.0.0.1:8080/webhooks/checkoutdotcom/sandbox
+        #[arg(long)]
+        url: String,
+        /// The Authorization header value configured at Checkout.com.
+        #[arg(long)]
+        authorization: String,
+        /// The webhook's signature key.
+        #[arg(long)]
+        signature_key: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Inspect and replay deliveries, straight on the store (RELAY_DATABASE_URL).
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// Exit 0 when the local relay answers /healthz (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// One JSON line per delivery, newest first.
+    List {
+        #[arg(long)]
+        status: Option<Status>,
+        #[arg(long)]
+        accelerate_token: Option<String>,
+        #[arg(long)]
+        event_id: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One delivery as JSON.
+    Show { id: DeliveryId },
+    /// Make a delivery pending and due now, with the whole retry schedule again.
+    Retry { id: DeliveryId },
+    /// Make every dead delivery pending and due now.
+    RetryDead,
 }
 
 pub fn main() -> ExitCode {
@@ -41,6 +87,17 @@ pub fn main() -> ExitCode {
         Command::Serve => serve(),
         Command::CheckConfig => check_config(),
         Command::Sign { key, file } => sign(&key, file),
+        Command::Replay {
+            url,
+            authorization,
+            signature_key,
+            files,
+        } => runtime()
+            .and_then(|rt| rt.block_on(replay(&url, &authorization, &signature_key, &files))),
+        Command::Deliveries { command } => {
+            runtime().and_then(|rt| rt.block_on(deliveries(command)))
+        }
+        Command::Healthcheck => runtime().and_then(|rt| rt.block_on(healthcheck())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,14 +108,17 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
 fn serve() -> anyhow::Result<()> {
     let config = Config::from_env().context("configuration error")?;
     telemetry::init(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("could not start the async runtime")?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let app = Application::build(config).await?;
         app.run_until_stopped().await?;
         anyhow::Ok(())
@@ -67,33 +127,42 @@ fn serve() -> anyhow::Result<()> {
 
 fn check_config() -> anyhow::Result<()> {
     let config = Config::from_env().context("configuration error")?;
-    println!("listen:              {}", config.listen);
+    println!("listen:               {}", config.listen);
     println!(
-        "database:            {}",
+        "database:             {}",
         database_display(config.database.url.expose())
     );
     for env in config.environments() {
         let creds = config
             .credentials(env)
             .expect("listed environments have keys");
-        println!("environment:         {env}");
-        println!("  authorization key: {}", creds.authorization.masked());
-        println!("  signature key:     {}", creds.signature.masked());
-        println!("  forwards to:       {}", config.accelerate_url(env));
+        println!("environment:          {env}");
+        println!("  authorization keys: {}", creds.authorization.masked());
+        println!("  signature keys:     {}", creds.signature.masked());
+        println!("  forwards to:        {}", config.accelerate_url(env));
     }
-    println!("event types:         {}", config.event_types.join(","));
-    println!("max body bytes:      {}", config.max_body_bytes);
+    println!("event types:          {}", config.event_types.join(","));
+    println!("max body bytes:       {}", config.max_body_bytes);
     println!(
-        "delivery timeout:    {} ms",
+        "delivery timeout:     {} ms",
         config.delivery_timeout.as_millis()
     );
-    println!("delivery concurrency:{:>2}", config.delivery_concurrency);
-    println!("retry schedule:      {}", config.retry_schedule);
+    println!("delivery concurrency: {}", config.delivery_concurrency);
+    println!("retry schedule:       {}", config.retry_schedule);
+    println!("lease:                {} ms", config.lease.as_millis());
     println!(
-        "retention:           {} h",
+        "retention:            {} h",
         config.retention.as_secs() / 3600
     );
-    println!("log format:          {:?}", config.log_format);
+    println!(
+        "admin API:            {}",
+        if config.admin_token.is_some() {
+            "on"
+        } else {
+            "off (RELAY_ADMIN_TOKEN not set)"
+        }
+    );
+    println!("log format:           {:?}", config.log_format);
     Ok(())
 }
 
@@ -110,9 +179,7 @@ fn database_display(url: &str) -> String {
 
 fn sign(key: &str, file: Option<PathBuf>) -> anyhow::Result<()> {
     let body = match file {
-        Some(path) => {
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
-        }
+        Some(path) => read_file(&path)?,
         None => {
             let mut body = Vec::new();
             std::io::stdin()
@@ -122,5 +189,117 @@ fn sign(key: &str, file: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     println!("{}", verify::sign(key.as_bytes(), &body));
+    Ok(())
+}
+
+fn read_file(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+async fn replay(
+    url: &str,
+    authorization: &str,
+    signature_key: &str,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let mut refused = 0;
+    for path in files {
+        let body = read_file(path)?;
+        let signature = verify::sign(signature_key.as_bytes(), &body);
+        let answer = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("authorization", authorization)
+            .header("cko-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match answer {
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                println!("{} {} {}", path.display(), status.as_u16(), text.trim());
+                if !status.is_success() {
+                    refused += 1;
+                }
+            }
+            Err(e) => {
+                println!("{} error {}", path.display(), e.without_url());
+                refused += 1;
+            }
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} of {} not answered 2xx", files.len());
+    }
+    Ok(())
+}
+
+async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
+    let database = DatabaseConfig::from_env().context("configuration error")?;
+    let store = Store::open(&database, Role::Tool)
+        .await
+        .context("cannot open the store named by RELAY_DATABASE_URL")?;
+    let result = run_deliveries(&store, command).await;
+    store.close().await;
+    result
+}
+
+async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Result<()> {
+    match command {
+        DeliveriesCommand::List {
+            status,
+            accelerate_token,
+            event_id,
+            limit,
+        } => {
+            let filter = ListFilter {
+                status,
+                accelerate_token,
+                event_id,
+                limit,
+            };
+            for delivery in store.list(&filter).await? {
+                println!("{}", serde_json::to_string(&delivery)?);
+            }
+        }
+        DeliveriesCommand::Show { id } => match store.get(id).await? {
+            Some(delivery) => println!("{}", serde_json::to_string_pretty(&delivery)?),
+            None => bail!("no delivery {id}"),
+        },
+        DeliveriesCommand::Retry { id } => {
+            if !store.retry(id, Timestamp::now()).await? {
+                bail!("no delivery {id}");
+            }
+            println!("{id} is pending and due now");
+        }
+        DeliveriesCommand::RetryDead => {
+            let n = store.retry_dead(Timestamp::now()).await?;
+            println!("{n} dead deliveries are pending and due now");
+        }
+    }
+    Ok(())
+}
+
+/// Asks the relay on this machine, at the port of RELAY_LISTEN.
+async fn healthcheck() -> anyhow::Result<()> {
+    let port = std::env::var("RELAY_LISTEN")
+        .ok()
+        .and_then(|v| v.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(8080);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} does not answer"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
     Ok(())
 }

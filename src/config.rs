@@ -159,8 +159,34 @@ impl Config {
     }
 }
 
+impl DatabaseConfig {
+    /// Only the store's variables, for commands that work on the store alone.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars = std::env::vars().filter(|(_, v)| !v.trim().is_empty());
+        let raw: Raw = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
+        raw.database()
+    }
+}
+
 impl Raw {
+    fn database(&self) -> Result<DatabaseConfig, ConfigError> {
+        Ok(DatabaseConfig {
+            url: database_url(self.relay_database_url.clone())?,
+            pool_size: number(
+                self.relay_database_pool_size.clone(),
+                "RELAY_DATABASE_POOL_SIZE",
+                10,
+            )?,
+            statement_timeout: millis(
+                self.relay_database_statement_timeout_ms.clone(),
+                "RELAY_DATABASE_STATEMENT_TIMEOUT_MS",
+                5_000,
+            )?,
+        })
+    }
+
     fn into_config(self) -> Result<Config, ConfigError> {
+        let database = self.database()?;
         let mut credentials = BTreeMap::new();
         if let Some(c) = environment_keys(
             self.cko_sandbox_authorization_key,
@@ -202,19 +228,7 @@ impl Raw {
         Ok(Config {
             listen: address(self.relay_listen, "RELAY_LISTEN")?
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
-            database: DatabaseConfig {
-                url: database_url(self.relay_database_url)?,
-                pool_size: number(
-                    self.relay_database_pool_size,
-                    "RELAY_DATABASE_POOL_SIZE",
-                    10,
-                )?,
-                statement_timeout: millis(
-                    self.relay_database_statement_timeout_ms,
-                    "RELAY_DATABASE_STATEMENT_TIMEOUT_MS",
-                    5_000,
-                )?,
-            },
+            database,
             credentials,
             sandbox_url: url(
                 self.accelerate_sandbox_url,

@@ -60,7 +60,7 @@ impl Application {
     /// Opens the store, binds the listener and starts the delivery worker.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
-        let store = Store::open(&config.database).await?;
+        let store = Store::open(&config.database, store::Role::Service).await?;
         let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

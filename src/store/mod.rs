@@ -28,10 +28,10 @@ pub enum Store {
 impl Store {
     /// Opens the database, runs the embedded migrations and starts what the
     /// backend needs in the background (the SQLite writer).
-    pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
+    pub async fn open(config: &DatabaseConfig, role: Role) -> Result<Self, StoreError> {
         let url = config.url.expose();
         if url.starts_with("sqlite:") {
-            return Ok(Store::Sqlite(SqliteStore::open(url).await?));
+            return Ok(Store::Sqlite(SqliteStore::open(url, role).await?));
         }
         Err(StoreError::Unsupported)
     }
@@ -118,6 +118,13 @@ impl Store {
             Store::Sqlite(s) => s.close().await,
         }
     }
+}
+
+/// Who opens the store: the relay itself, or an operator's command beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Service,
+    Tool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{self, ClaimRow, DeliveryRow};
 use super::{
-    Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, StoreError, Timestamp,
+    Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, Role, StoreError,
+    Timestamp,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -59,7 +60,9 @@ enum Op {
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// `Role::Service` owns the file (lock, lease reset, checkpoints); `Role::Tool`
+    /// is the CLI working beside a running relay and only reads and updates rows.
+    pub async fn open(url: &str, role: Role) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -69,22 +72,26 @@ impl SqliteStore {
             // webhook is waiting for; this is only the backstop.
             .pragma("wal_autocheckpoint", "20000")
             .pragma("journal_size_limit", "67108864");
-        let lock = lock_file(&options)?;
+        let lock = match role {
+            Role::Service => lock_file(&options)?,
+            Role::Tool => None,
+        };
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&readers).await?;
         let mut conn = SqliteConnection::connect_with(&options).await?;
-        // One process owns this file (the lock above), so no attempt is really
-        // in flight: make every delivery cut short by a crash due at once.
-        sqlx::query("UPDATE deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL")
-            .execute(&mut conn)
-            .await?;
-
+        if role == Role::Service {
+            // One process owns this file (the lock above), so no attempt is really
+            // in flight: make every delivery cut short by a crash due at once.
+            sqlx::query("UPDATE deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL")
+                .execute(&mut conn)
+                .await?;
+            tokio::spawn(checkpoint_loop(readers.clone()));
+        }
         let (writer, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(conn, rx, lock));
-        tokio::spawn(checkpoint_loop(readers.clone()));
         Ok(Self { writer, readers })
     }
 

@@ -1,8 +1,9 @@
 //! Test harness: the real application on port 0 with a temporary SQLite file,
 //! mock Accelerates that are real HTTP servers, and Checkout.com-style signing.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod mock;
+pub mod process;
 
 use std::time::Duration;
 

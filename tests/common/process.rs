@@ -1,0 +1,129 @@
+//! The built binary as a separate process, so tests can `kill -9` it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::{eventually, SANDBOX_AUTH, SANDBOX_SIG};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_accelerate-relay");
+
+pub struct RelayProcess {
+    pub child: Child,
+    pub address: String,
+}
+
+/// A free port on loopback (bound, then released for the relay to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl RelayProcess {
+    /// Starts the relay on `db` with sandbox on, forwarding to `accelerate_url`,
+    /// and waits until it answers `/healthz`.
+    pub async fn start(dir: &Path, accelerate_url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("relay.log"))
+            .expect("log file");
+        let mut command = Command::new(BINARY);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "RELAY_DATABASE_URL",
+                format!("sqlite://{}", db_path(dir).display()),
+            )
+            .env("CKO_SANDBOX_AUTHORIZATION_KEY", SANDBOX_AUTH)
+            .env("CKO_SANDBOX_SIGNATURE_KEY", SANDBOX_SIG)
+            .env("ACCELERATE_SANDBOX_URL", accelerate_url)
+            .env(
+                "RELAY_RETRY_SCHEDULE",
+                "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
+            )
+            .env("RELAY_DELIVERY_TIMEOUT_MS", "5000")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start the relay binary");
+        let relay = RelayProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", relay.address);
+        let up = eventually(Duration::from_secs(20), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(
+            up,
+            "the relay did not come up; see {}",
+            dir.join("relay.log").display()
+        );
+        relay
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("relay.db")
+}
+
+/// Status of each delivery on disk, read with a connection of the test's own.
+pub async fn statuses(dir: &Path) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db_path(dir).display()))
+        .await
+        .expect("open the relay's database");
+    sqlx::query_as("SELECT event_id, status FROM deliveries ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .expect("read deliveries")
+}

@@ -1,0 +1,140 @@
+//! The built binary, killed with `kill -9` or stopped with SIGTERM: nothing
+//! answered 2xx is ever lost.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::process::{free_port, statuses, RelayProcess};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn send_to(relay: &RelayProcess, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let sig = sign(SANDBOX_SIG, &body);
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhooks/checkoutdotcom/sandbox", relay.address))
+        .header("content-type", "application/json")
+        .header("authorization", SANDBOX_AUTH)
+        .header("cko-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .expect("the relay answers");
+    answer(response).await
+}
+
+fn event_ids(received: &[mock::Received]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+            v["id"].as_str().expect("id").to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn accepted_events_survive_kill_9_while_accelerate_is_down() {
+    let dir = tempfile::tempdir().expect("dir");
+    let down = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", free_port());
+    let mut relay = RelayProcess::start(dir.path(), &down, &[]).await;
+    let mut accepted = HashSet::new();
+    for i in 0..50 {
+        let id = format!("evt_k9_{i:02}");
+        let (status, body) = send_to(&relay, approved_event(&id)).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
+        accepted.insert(id);
+    }
+    relay.kill_9();
+
+    let accelerate = MockAccelerate::start().await;
+    let _relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
+    let got = accelerate.wait_for(50, WAIT).await;
+    let delivered: HashSet<String> = event_ids(&got).into_iter().collect();
+    assert_eq!(
+        delivered, accepted,
+        "every accepted event reaches Accelerate after the crash"
+    );
+}
+
+#[tokio::test]
+async fn attempt_cut_short_by_kill_9_is_made_again_after_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let accelerate = MockAccelerate::start().await;
+    // The first attempt never gets its answer in time: the relay dies during it.
+    accelerate.script([Reply::Slow(Duration::from_secs(60), 200)]);
+    let mut relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
+    let body = fixture("payment_approved.json");
+    let (status, _) = send_to(&relay, body.clone()).await;
+    assert_eq!(status, 200);
+    accelerate.wait_for(1, WAIT).await;
+    relay.kill_9();
+    assert_eq!(statuses(dir.path()).await[0].1, "pending");
+
+    let _relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
+    let got = accelerate.wait_for(2, WAIT).await;
+    assert_eq!(got[1].body.as_ref(), body.as_slice());
+    assert_eq!(got[1].header_str("x-relay-attempt"), Some("2"));
+    assert!(
+        eventually(WAIT, || async {
+            statuses(dir.path()).await[0].1 == "delivered"
+        })
+        .await,
+        "delivered after restart"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_attempt_in_flight_and_exits_0() {
+    let dir = tempfile::tempdir().expect("dir");
+    let accelerate = MockAccelerate::start().await;
+    accelerate.script([Reply::Slow(Duration::from_millis(1500), 200)]);
+    let mut relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
+    let (status, _) = send_to(&relay, approved_event("evt_term")).await;
+    assert_eq!(status, 200);
+    accelerate.wait_for(1, WAIT).await;
+    relay.sigterm();
+
+    let exit = relay
+        .exit_status(Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(
+        statuses(dir.path()).await,
+        [("evt_term".to_owned(), "delivered".to_owned())]
+    );
+    assert_eq!(
+        accelerate.received().len(),
+        1,
+        "the attempt finished; nothing to redo"
+    );
+    let refused = reqwest::Client::new()
+        .get(format!("{}/healthz", relay.address))
+        .send()
+        .await;
+    assert!(refused.is_err(), "no longer serving");
+}
+
+#[tokio::test]
+async fn a_second_relay_on_the_same_sqlite_file_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let accelerate = MockAccelerate::start().await;
+    let _first = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
+    let output = std::process::Command::new(common::process::BINARY)
+        .env_clear()
+        .env("RELAY_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "RELAY_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("relay.db").display()),
+        )
+        .env("CKO_SANDBOX_AUTHORIZATION_KEY", SANDBOX_AUTH)
+        .env("CKO_SANDBOX_SIGNATURE_KEY", SANDBOX_SIG)
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another relay process"), "{stderr}");
+}
