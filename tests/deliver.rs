@@ -1,5 +1,6 @@
 //! Every delivery rule of the contract, observed at a mock Accelerate.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -9,9 +10,8 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn fixtures_reach_accelerate_byte_for_byte_with_their_headers() {
-    let app = TestApp::spawn().await;
+async fn fixtures_reach_accelerate_byte_for_byte_with_their_headers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     for (name, env) in RELAYED {
         let body = fixture(name);
         let (auth, key) = keys_for(env);
@@ -72,9 +72,8 @@ async fn fixtures_reach_accelerate_byte_for_byte_with_their_headers() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn sandbox_and_production_never_cross() {
-    let app = TestApp::spawn().await;
+async fn sandbox_and_production_never_cross(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     for i in 0..5 {
         app.send("sandbox", approved_event(&format!("evt_sbx{i}")))
             .await;
@@ -98,9 +97,8 @@ async fn sandbox_and_production_never_cross() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn failed_attempt_is_retried_with_the_next_attempt_number() {
-    let app = TestApp::spawn().await;
+async fn failed_attempt_is_retried_with_the_next_attempt_number(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.sandbox.script([Reply::Status(500), Reply::Status(404)]);
     app.send("sandbox", approved_event("evt_retry")).await;
     let got = app.sandbox.wait_for(3, WAIT).await;
@@ -127,9 +125,8 @@ async fn failed_attempt_is_retried_with_the_next_attempt_number() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn slow_accelerate_times_out_and_is_retried() {
-    let app = TestApp::spawn_with(&[("RELAY_DELIVERY_TIMEOUT_MS", "300")]).await;
+async fn slow_accelerate_times_out_and_is_retried(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_DELIVERY_TIMEOUT_MS", "300")]).await;
     app.sandbox
         .script([Reply::Slow(Duration::from_secs(2), 200)]);
     app.send("sandbox", approved_event("evt_slow")).await;
@@ -146,20 +143,22 @@ async fn slow_accelerate_times_out_and_is_retried() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn accelerate_down_then_back_gets_every_event() {
+async fn accelerate_down_then_back_gets_every_event(backend: Backend) {
     // A port nobody listens on yet: connection refused until the mock starts there.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     let url = format!("http://127.0.0.1:{port}/webhooks/checkoutdotcom");
-    let app = TestApp::spawn_with(&[
-        ("ACCELERATE_SANDBOX_URL", &url),
-        (
-            "RELAY_RETRY_SCHEDULE",
-            "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
-        ),
-    ])
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("ACCELERATE_SANDBOX_URL", &url),
+            (
+                "RELAY_RETRY_SCHEDULE",
+                "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+            ),
+        ],
+    )
     .await;
     for i in 0..3 {
         let (status, _) = app
@@ -189,9 +188,8 @@ async fn accelerate_down_then_back_gets_every_event() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn retry_after_on_429_and_503_is_honoured() {
-    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "50ms,50ms,50ms")]).await;
+async fn retry_after_on_429_and_503_is_honoured(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", "50ms,50ms,50ms")]).await;
     let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
     app.sandbox.script([
         Reply::RetryAfter(429, "1".into()),
@@ -217,9 +215,8 @@ async fn retry_after_on_429_and_503_is_honoured() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn retry_after_on_other_statuses_is_not_a_reason_to_wait() {
-    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "50ms")]).await;
+async fn retry_after_on_other_statuses_is_not_a_reason_to_wait(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", "50ms")]).await;
     app.sandbox.script([Reply::RetryAfter(500, "30".into())]);
     app.send("sandbox", approved_event("evt_ra500")).await;
     let got = app.sandbox.wait_for(2, WAIT).await;
@@ -227,9 +224,8 @@ async fn retry_after_on_other_statuses_is_not_a_reason_to_wait() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept() {
-    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "50ms,50ms")]).await;
+async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", "50ms,50ms")]).await;
     app.sandbox.set_default(Reply::Status(500));
     app.send("sandbox", approved_event("evt_dead")).await;
     app.sandbox.wait_for(3, WAIT).await;
@@ -285,9 +281,8 @@ async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn two_hundred_concurrent_events_are_each_delivered_once() {
-    let app = TestApp::spawn().await;
+async fn two_hundred_concurrent_events_are_each_delivered_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let app = std::sync::Arc::new(app);
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -332,12 +327,11 @@ async fn two_hundred_concurrent_events_are_each_delivered_once() {
         .await;
 }
 
-#[tokio::test]
-async fn worker_step_reports_what_it_did() {
+async fn worker_step_reports_what_it_did(backend: Backend) {
     use accelerate_relay::deliver::{Step, Worker};
     // A second worker on the same store, driven by hand while the app's own
     // worker is busy elsewhere: the store's leases keep them from colliding.
-    let app = TestApp::spawn_with(&[("RELAY_RETRY_SCHEDULE", "1h")]).await;
+    let app = TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", "1h")]).await;
     app.sandbox.set_default(Reply::Status(500));
     app.send("sandbox", approved_event("evt_step")).await;
     app.sandbox.wait_for(1, WAIT).await;
@@ -369,3 +363,16 @@ async fn worker_step_reports_what_it_did() {
     );
     app.stop().await;
 }
+
+on_both_stores!(
+    fixtures_reach_accelerate_byte_for_byte_with_their_headers,
+    sandbox_and_production_never_cross,
+    failed_attempt_is_retried_with_the_next_attempt_number,
+    slow_accelerate_times_out_and_is_retried,
+    accelerate_down_then_back_gets_every_event,
+    retry_after_on_429_and_503_is_honoured,
+    retry_after_on_other_statuses_is_not_a_reason_to_wait,
+    delivery_is_dead_when_the_schedule_is_used_up_and_kept,
+    two_hundred_concurrent_events_are_each_delivered_once,
+    worker_step_reports_what_it_did,
+);

@@ -1,5 +1,6 @@
 //! Every row of the contract's answer table, in order, over the real server.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -9,12 +10,14 @@ use serde_json::json;
 
 const APPROVED: &str = "payment_approved.json";
 
-#[tokio::test]
-async fn unconfigured_or_unknown_environment_is_404() {
-    let app = TestApp::spawn_with(&[
-        ("CKO_PRODUCTION_AUTHORIZATION_KEY", ""),
-        ("CKO_PRODUCTION_SIGNATURE_KEY", ""),
-    ])
+async fn unconfigured_or_unknown_environment_is_404(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("CKO_PRODUCTION_AUTHORIZATION_KEY", ""),
+            ("CKO_PRODUCTION_SIGNATURE_KEY", ""),
+        ],
+    )
     .await;
     for env in ["production", "staging"] {
         let (status, body) = app.send_json(env, fixture(APPROVED)).await;
@@ -28,12 +31,14 @@ async fn unconfigured_or_unknown_environment_is_404() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bare_url_is_the_only_configured_environment() {
-    let app = TestApp::spawn_with(&[
-        ("CKO_SANDBOX_AUTHORIZATION_KEY", ""),
-        ("CKO_SANDBOX_SIGNATURE_KEY", ""),
-    ])
+async fn bare_url_is_the_only_configured_environment(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("CKO_SANDBOX_AUTHORIZATION_KEY", ""),
+            ("CKO_SANDBOX_SIGNATURE_KEY", ""),
+        ],
+    )
     .await;
     let body = fixture("payment_approved_production.json");
     let sig = sign(PRODUCTION_SIG, &body);
@@ -57,9 +62,8 @@ async fn bare_url_is_the_only_configured_environment() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bare_url_is_404_when_both_environments_are_configured() {
-    let app = TestApp::spawn().await;
+async fn bare_url_is_404_when_both_environments_are_configured(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let body = fixture(APPROVED);
     let sig = sign(SANDBOX_SIG, &body);
     let (status, body) = answer(
@@ -77,9 +81,8 @@ async fn bare_url_is_404_when_both_environments_are_configured() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn body_over_the_limit_is_413_before_any_key_is_checked() {
-    let app = TestApp::spawn_with(&[("RELAY_MAX_BODY_BYTES", "1024")]).await;
+async fn body_over_the_limit_is_413_before_any_key_is_checked(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_MAX_BODY_BYTES", "1024")]).await;
     let mut big = approved_event("evt_big");
     big.truncate(big.len() - 1);
     big.extend(std::iter::repeat_n(b' ', 2000));
@@ -122,9 +125,8 @@ async fn body_over_the_limit_is_413_before_any_key_is_checked() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn missing_or_wrong_authorization_is_401_unauthorized() {
-    let app = TestApp::spawn().await;
+async fn missing_or_wrong_authorization_is_401_unauthorized(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let body = fixture(APPROVED);
     let sig = sign(SANDBOX_SIG, &body);
     let path = "/webhooks/checkoutdotcom/sandbox";
@@ -154,9 +156,8 @@ async fn missing_or_wrong_authorization_is_401_unauthorized() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn missing_bad_or_foreign_signature_is_401_invalid_signature() {
-    let app = TestApp::spawn().await;
+async fn missing_bad_or_foreign_signature_is_401_invalid_signature(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let body = fixture(APPROVED);
     let path = "/webhooks/checkoutdotcom/sandbox";
     let mut changed = body.clone();
@@ -186,9 +187,8 @@ async fn missing_bad_or_foreign_signature_is_401_invalid_signature() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn body_that_is_not_an_event_is_400_malformed() {
-    let app = TestApp::spawn().await;
+async fn body_that_is_not_an_event_is_400_malformed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     for body in [
         &b"not json"[..],
         b"",
@@ -209,9 +209,8 @@ async fn body_that_is_not_an_event_is_400_malformed() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn other_event_types_are_ignored_and_never_stored() {
-    let app = TestApp::spawn().await;
+async fn other_event_types_are_ignored_and_never_stored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (status, body) = app
         .send_json("sandbox", fixture("payment_captured.json"))
         .await;
@@ -224,9 +223,8 @@ async fn other_event_types_are_ignored_and_never_stored() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn configured_event_types_are_the_ones_relayed() {
-    let app = TestApp::spawn_with(&[("RELAY_EVENT_TYPES", "payment_captured")]).await;
+async fn configured_event_types_are_the_ones_relayed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_EVENT_TYPES", "payment_captured")]).await;
     let (_, body) = app
         .send_json("sandbox", fixture("payment_captured.json"))
         .await;
@@ -236,9 +234,8 @@ async fn configured_event_types_are_the_ones_relayed() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn events_without_a_token_are_ignored_and_never_stored() {
-    let app = TestApp::spawn().await;
+async fn events_without_a_token_are_ignored_and_never_stored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (status, body) = app
         .send_json("sandbox", fixture("payment_approved_no_token.json"))
         .await;
@@ -264,9 +261,8 @@ async fn events_without_a_token_are_ignored_and_never_stored() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn accepted_event_is_on_disk_when_answered() {
-    let app = TestApp::spawn().await;
+async fn accepted_event_is_on_disk_when_answered(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     // Accelerate fails, so the row stays pending and can be seen as committed.
     app.sandbox.set_default(Reply::Status(500));
     let (status, body) = app.send_json("sandbox", fixture(APPROVED)).await;
@@ -281,9 +277,8 @@ async fn accepted_event_is_on_disk_when_answered() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn resent_event_is_duplicate_and_forwarded_once() {
-    let app = TestApp::spawn().await;
+async fn resent_event_is_duplicate_and_forwarded_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, first) = app.send_json("sandbox", fixture(APPROVED)).await;
     assert_eq!(first["status"], "accepted");
     for _ in 0..3 {
@@ -300,9 +295,8 @@ async fn resent_event_is_duplicate_and_forwarded_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn same_event_id_in_the_other_environment_is_not_a_duplicate() {
-    let app = TestApp::spawn().await;
+async fn same_event_id_in_the_other_environment_is_not_a_duplicate(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let body = approved_event("evt_both");
     let (_, a) = app.send_json("sandbox", body.clone()).await;
     let (_, b) = app.send_json("production", body).await;
@@ -311,9 +305,8 @@ async fn same_event_id_in_the_other_environment_is_not_a_duplicate() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn every_rotated_key_is_accepted() {
-    let app = TestApp::spawn().await;
+async fn every_rotated_key_is_accepted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let mut n = 0;
     for auth in [SANDBOX_AUTH, SANDBOX_AUTH_NEW] {
         for key in [SANDBOX_SIG, SANDBOX_SIG_NEW] {
@@ -337,20 +330,9 @@ async fn every_rotated_key_is_accepted() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn store_that_cannot_commit_answers_503_and_recovers() {
-    let app = TestApp::spawn().await;
-    let blocker = {
-        use sqlx::Connection;
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path.display()))
-            .await
-            .expect("open")
-    };
-    let mut blocker = blocker;
-    sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-        .execute(&mut blocker)
-        .await
-        .expect("install trigger");
+async fn store_that_cannot_commit_answers_503_and_recovers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.db.refuse_inserts().await;
 
     let response = app.send("sandbox", approved_event("evt_503")).await;
     assert_eq!(response.status().as_u16(), 503);
@@ -365,19 +347,15 @@ async fn store_that_cannot_commit_answers_503_and_recovers() {
     assert_eq!(body, json!({"error": "store_unavailable"}));
     assert!(app.status_on_disk("evt_503").await.is_none());
 
-    sqlx::query("DROP TRIGGER refuse")
-        .execute(&mut blocker)
-        .await
-        .expect("drop trigger");
+    app.db.allow_inserts().await;
     let (status, body) = app.send_json("sandbox", approved_event("evt_503")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
     app.sandbox.wait_for(1, Duration::from_secs(5)).await;
     app.stop().await;
 }
 
-#[tokio::test]
-async fn health_and_readiness() {
-    let app = TestApp::spawn().await;
+async fn health_and_readiness(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     for path in ["/healthz", "/readyz"] {
         let response = app
             .client
@@ -391,3 +369,22 @@ async fn health_and_readiness() {
     app.stop().await;
     assert!(store.ping().await.is_err(), "a closed store is not ready");
 }
+
+on_both_stores!(
+    unconfigured_or_unknown_environment_is_404,
+    bare_url_is_the_only_configured_environment,
+    bare_url_is_404_when_both_environments_are_configured,
+    body_over_the_limit_is_413_before_any_key_is_checked,
+    missing_or_wrong_authorization_is_401_unauthorized,
+    missing_bad_or_foreign_signature_is_401_invalid_signature,
+    body_that_is_not_an_event_is_400_malformed,
+    other_event_types_are_ignored_and_never_stored,
+    configured_event_types_are_the_ones_relayed,
+    events_without_a_token_are_ignored_and_never_stored,
+    accepted_event_is_on_disk_when_answered,
+    resent_event_is_duplicate_and_forwarded_once,
+    same_event_id_in_the_other_environment_is_not_a_duplicate,
+    every_rotated_key_is_accepted,
+    store_that_cannot_commit_answers_503_and_recovers,
+    health_and_readiness,
+);

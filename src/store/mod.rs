@@ -5,6 +5,7 @@
 //! lease (`claim_due`), so an attempt cut short by a crash is simply claimed again
 //! once the lease runs out.
 
+mod postgres;
 mod rows;
 mod sqlite;
 
@@ -17,12 +18,14 @@ use bytes::Bytes;
 use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The store the relay runs on, chosen by `RELAY_DATABASE_URL`.
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 impl Store {
@@ -33,7 +36,7 @@ impl Store {
         if url.starts_with("sqlite:") {
             return Ok(Store::Sqlite(SqliteStore::open(url, role).await?));
         }
-        Err(StoreError::Unsupported)
+        Ok(Store::Postgres(PgStore::open(config).await?))
     }
 
     /// Stores a new event with its pending delivery, or reports that its id was
@@ -41,6 +44,7 @@ impl Store {
     pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
         match self {
             Store::Sqlite(s) => s.accept(event).await,
+            Store::Postgres(s) => s.accept(event).await,
         }
     }
 
@@ -53,6 +57,7 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         match self {
             Store::Sqlite(s) => s.claim_due(now, lease, limit).await,
+            Store::Postgres(s) => s.claim_due(now, lease, limit).await,
         }
     }
 
@@ -61,6 +66,7 @@ impl Store {
     pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.finish(claim, outcome).await,
+            Store::Postgres(s) => s.finish(claim, outcome).await,
         }
     }
 
@@ -68,18 +74,21 @@ impl Store {
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         match self {
             Store::Sqlite(s) => s.next_due().await,
+            Store::Postgres(s) => s.next_due().await,
         }
     }
 
     pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
         match self {
             Store::Sqlite(s) => s.get(id).await,
+            Store::Postgres(s) => s.get(id).await,
         }
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list(filter).await,
+            Store::Postgres(s) => s.list(filter).await,
         }
     }
 
@@ -87,6 +96,7 @@ impl Store {
     pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.retry(id, now).await,
+            Store::Postgres(s) => s.retry(id, now).await,
         }
     }
 
@@ -94,6 +104,7 @@ impl Store {
     pub async fn retry_dead(&self, now: Timestamp) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.retry_dead(now).await,
+            Store::Postgres(s) => s.retry_dead(now).await,
         }
     }
 
@@ -102,6 +113,7 @@ impl Store {
     pub async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_delivered(before).await,
+            Store::Postgres(s) => s.purge_delivered(before).await,
         }
     }
 
@@ -109,6 +121,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(s) => s.ping().await,
         }
     }
 
@@ -116,6 +129,7 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 }
@@ -137,8 +151,6 @@ pub enum StoreError {
     Closed,
     #[error("the store did not commit within {0:?}")]
     Timeout(Duration),
-    #[error("RELAY_DATABASE_URL: only sqlite:// is supported by this build")]
-    Unsupported,
     #[error("the database did not commit: {0}")]
     Commit(String),
     #[error("corrupt row {0}: {1}")]

@@ -2,8 +2,22 @@
 //! mock Accelerates that are real HTTP servers, and Checkout.com-style signing.
 #![allow(dead_code, unused_imports)]
 
+pub mod db;
 pub mod mock;
 pub mod process;
+
+/// Runs each named `async fn(Backend)` as two tests, `sqlite::NAME` and
+/// `postgres::NAME`: one suite, both stores.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(crate::common::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(crate::common::Backend::Postgres).await })*
+        }
+    };
+}
 
 use std::time::Duration;
 
@@ -13,6 +27,7 @@ use accelerate_relay::Application;
 use actix_web::dev::ServerHandle;
 use tokio::task::JoinHandle;
 
+pub use db::{Backend, TestDb};
 pub use mock::{MockAccelerate, Reply};
 
 pub const SANDBOX_AUTH: &str = "sbx-authorization-key-1";
@@ -107,25 +122,22 @@ pub struct TestApp {
     pub store: Store,
     pub sandbox: MockAccelerate,
     pub production: MockAccelerate,
-    pub db_path: std::path::PathBuf,
+    pub db: TestDb,
     pub client: reqwest::Client,
     handle: ServerHandle,
     join: JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(&[]).await
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
     }
 
-    pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
+    pub async fn spawn_with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let sandbox = MockAccelerate::start().await;
         let production = MockAccelerate::start().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db_path = dir.path().join("relay.db");
-        let db_url = format!("sqlite://{}", db_path.display());
-        let vars = with_overrides(base_vars(&sandbox, &production, &db_url), overrides);
+        let db = TestDb::create(backend).await;
+        let vars = with_overrides(base_vars(&sandbox, &production, db.url()), overrides);
         let config = Config::from_vars(vars).expect("test configuration is valid");
         let app = Application::build(config)
             .await
@@ -139,11 +151,10 @@ impl TestApp {
             store,
             sandbox,
             production,
-            db_path,
+            db,
             client: reqwest::Client::new(),
             handle,
             join,
-            _dir: dir,
         }
     }
 
@@ -195,19 +206,9 @@ impl TestApp {
             .expect("the relay stops cleanly");
     }
 
-    /// Reads a delivery's status straight from the SQLite file, through a
-    /// connection of the test's own (what is there is what is on disk).
+    /// A delivery's status as committed (what is there is what is on disk).
     pub async fn status_on_disk(&self, event_id: &str) -> Option<String> {
-        use sqlx::Connection;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path.display()))
-                .await
-                .expect("open the relay's database");
-        sqlx::query_scalar("SELECT status FROM deliveries WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_optional(&mut conn)
-            .await
-            .expect("query the relay's database")
+        self.db.status(event_id).await
     }
 }
 

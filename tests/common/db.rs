@@ -1,0 +1,159 @@
+//! A fresh database per test: an SQLite file in a temp folder, or a PostgreSQL
+//! database created for the test and dropped after it (even when it panics).
+
+use sqlx::Connection;
+
+/// Where PostgreSQL tests create their databases; every machine here has it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestDb {
+    pub backend: Backend,
+    url: String,
+    postgres_name: Option<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => TestDb {
+                backend,
+                url: format!("sqlite://{}", dir.path().join("relay.db").display()),
+                postgres_name: None,
+                dir,
+            },
+            Backend::Postgres => {
+                let name = format!("relay_test_{:016x}", rand::random::<u64>());
+                let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .expect("PostgreSQL must be reachable at TEST_POSTGRES_URL or 127.0.0.1:5432");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create the test database");
+                let mut url = reqwest::Url::parse(&postgres_admin_url()).expect("admin URL");
+                url.set_path(&name);
+                TestDb {
+                    backend,
+                    url: url.to_string(),
+                    postgres_name: Some(name),
+                    dir,
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A delivery's status as committed, read over a connection of the test's own.
+    pub async fn status(&self, event_id: &str) -> Option<String> {
+        let sql = "SELECT status FROM deliveries WHERE event_id = $1";
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("open");
+                sqlx::query_scalar(sql)
+                    .bind(event_id)
+                    .fetch_optional(&mut conn)
+                    .await
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
+                sqlx::query_scalar(sql)
+                    .bind(event_id)
+                    .fetch_optional(&mut conn)
+                    .await
+            }
+        }
+        .expect("read deliveries")
+    }
+
+    pub async fn count(&self) -> i64 {
+        let sql = "SELECT COUNT(*) FROM deliveries";
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("open");
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await
+            }
+        }
+        .expect("count deliveries")
+    }
+
+    /// Makes every insert fail, as a full disk or a broken database would.
+    pub async fn refuse_inserts(&self) {
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute_sqlite("CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+                    .await
+            }
+            Backend::Postgres => {
+                self.execute_postgres("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql").await;
+                self.execute_postgres("CREATE TRIGGER refuse BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION refuse()").await;
+            }
+        }
+    }
+
+    pub async fn allow_inserts(&self) {
+        match self.backend {
+            Backend::Sqlite => self.execute_sqlite("DROP TRIGGER refuse").await,
+            Backend::Postgres => {
+                self.execute_postgres("DROP TRIGGER refuse ON deliveries")
+                    .await
+            }
+        }
+    }
+
+    async fn execute_sqlite(&self, sql: &str) {
+        let mut conn = sqlx::SqliteConnection::connect(&self.url)
+            .await
+            .expect("open");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+
+    async fn execute_postgres(&self, sql: &str) {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop runs outside any async context we can block on: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
