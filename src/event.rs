@@ -146,6 +146,10 @@ pub enum EventError {
     Malformed(String),
     #[error("`{field}` must be 1 to {MAX_FIELD_LEN} characters")]
     BadField { field: &'static str },
+    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("a number literal longer than {MAX_NUMBER_LEN} characters")]
+    NumberTooLong,
     #[error("unknown environment `{0}`: use `sandbox` or `production`")]
     UnknownEnvironment(String),
 }
@@ -180,6 +184,7 @@ struct Metadata<'a> {
 /// The whole body must be valid JSON (so Accelerate gets nothing the relay could
 /// not read); anything unexpected below `data` only means "no token".
 pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+    check_limits(body)?;
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
     let token = envelope
@@ -194,6 +199,51 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
         event_type: EventType::parse(&envelope.event_type)?,
         token,
     })
+}
+
+/// Deepest nesting accepted anywhere in the body; Checkout.com's events are
+/// under ten levels deep.
+const MAX_DEPTH: usize = 64;
+/// Longest number literal; amounts and timestamps are far shorter.
+const MAX_NUMBER_LEN: usize = 100;
+
+/// serde_json skips the parts of the body the relay does not read without
+/// looking inside them, so a body 10,000 levels deep or with a 10,000-digit
+/// number would pass and reach Accelerate. This one pass bounds both; serde
+/// still decides whether the JSON is valid.
+fn check_limits(body: &[u8]) -> Result<(), EventError> {
+    let (mut depth, mut number_len) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        number_len = match byte {
+            b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => number_len + 1,
+            _ => 0,
+        };
+        if number_len > MAX_NUMBER_LEN {
+            return Err(EventError::NumberTooLong);
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(EventError::TooDeep);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn bounded(value: &str, field: &'static str) -> Result<String, EventError> {
@@ -250,6 +300,40 @@ mod tests {
         ] {
             assert!(parse(body.as_bytes()).is_err(), "{body}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_numbers_are_refused_anywhere() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"id":"e","type":"t","data":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(parse(deep(60).as_bytes()).is_ok());
+        assert!(matches!(
+            parse(deep(10_000).as_bytes()),
+            Err(EventError::TooDeep)
+        ));
+        let number = |n: usize| {
+            format!(
+                r#"{{"id":"e","type":"t","data":{{"a":{}}}}}"#,
+                "9".repeat(n)
+            )
+        };
+        assert!(parse(number(30).as_bytes()).is_ok());
+        assert!(matches!(
+            parse(number(10_000).as_bytes()),
+            Err(EventError::NumberTooLong)
+        ));
+        // Brackets and digits inside strings (escaped quotes too) do not count.
+        let in_string = format!(
+            r#"{{"id":"e","type":"t","s":"\"{}{}"}}"#,
+            "[".repeat(100),
+            "9".repeat(200)
+        );
+        assert!(parse(in_string.as_bytes()).is_ok());
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! Hostile HTTP: each gets a clear 4xx, nothing is stored, and the relay keeps
+//! answering real webhooks meanwhile.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PATH: &str = "/webhooks/checkoutdotcom/sandbox";
+
+fn port(app: &TestApp) -> u16 {
+    app.address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+/// Writes raw bytes and returns the status code of the first answer (0 if the
+/// connection closed without one).
+async fn raw(port: u16, request: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let _ = stream.write_all(request).await;
+    let _ = stream.shutdown().await;
+    status_of(&mut stream).await
+}
+
+async fn status_of(stream: &mut TcpStream) -> u16 {
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn signed_request(body: &[u8], extra_headers: &str, content_length: usize) -> Vec<u8> {
+    let mut request = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\
+         Authorization: {SANDBOX_AUTH}\r\nCko-Signature: {}\r\n{extra_headers}Content-Length: {content_length}\r\nConnection: close\r\n\r\n",
+        sign(SANDBOX_SIG, body)
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// A real webhook still gets its answer quickly.
+async fn assert_responsive(app: &TestApp, id: &str) {
+    let started = Instant::now();
+    let (status, body) = app.send_json("sandbox", approved_event(id)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_slow_clients_do_not_stop_real_webhooks() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let port = port(&app);
+    let mut trickling = Vec::new();
+    for i in 0..300 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        // Half trickle their headers, half send headers and trickle the body.
+        let start: Vec<u8> = if i % 2 == 0 {
+            format!("POST {PATH} HTTP/1.1\r\nHost: relay\r\n").into_bytes()
+        } else {
+            signed_request(b"", "", 1000)
+        };
+        stream.write_all(&start).await.expect("write");
+        trickling.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                if stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            status_of(&mut stream).await
+        }));
+    }
+    for i in 0..5 {
+        assert_responsive(&app, &format!("evt_live{i}")).await;
+    }
+    // The relay cuts them off: headers within 5 s, bodies within 10 s.
+    let mut statuses = Vec::new();
+    for task in trickling {
+        statuses.push(task.await.expect("task"));
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 0 || (400..500).contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().any(|s| *s == 408), "slow bodies get 408");
+    assert_eq!(app.db.count().await, 5, "only the real webhooks are stored");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_http_gets_a_4xx_and_nothing_is_stored() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let port = port(&app);
+    let body = approved_event("evt_hostile");
+
+    // A request head over 128 KiB (actix-http's limit).
+    let huge = format!("X-Huge: {}\r\n", "a".repeat(200 * 1024));
+    let status = raw(port, &signed_request(&body, &huge, body.len())).await;
+    assert_eq!(status, 431, "oversized header");
+
+    // Content-Length shorter than the body: the signature no longer matches.
+    let status = raw(port, &signed_request(&body, "", body.len() - 10)).await;
+    assert_eq!(status, 401, "short Content-Length");
+
+    // Content-Length longer than what is sent before the client stops writing.
+    let status = raw(port, &signed_request(&body, "", body.len() + 100)).await;
+    assert!(
+        (400..500).contains(&status),
+        "long Content-Length: {status}"
+    );
+
+    // Two Content-Lengths that disagree.
+    let status = raw(
+        port,
+        &signed_request(&body, "Content-Length: 3\r\n", body.len()),
+    )
+    .await;
+    assert_eq!(status, 400, "conflicting Content-Length");
+
+    // Broken chunked encoding.
+    let mut chunked = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: relay\r\nAuthorization: {SANDBOX_AUTH}\r\nCko-Signature: {}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        sign(SANDBOX_SIG, &body)
+    )
+    .into_bytes();
+    chunked.extend_from_slice(&body);
+    let status = raw(port, &chunked).await;
+    assert_eq!(status, 400, "broken chunked body");
+
+    // Chunked body over the limit, in many small chunks.
+    let mut request = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: relay\r\nAuthorization: {SANDBOX_AUTH}\r\nCko-Signature: 00\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..300 {
+        request.extend_from_slice(b"400\r\n");
+        request.extend(std::iter::repeat_n(b' ', 0x400));
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw(port, &request).await, 413, "chunked over the limit");
+
+    assert_responsive(&app, "evt_after_http").await;
+    assert_eq!(app.db.count().await, 1, "only the real webhook is stored");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_json_that_is_correctly_signed_is_400_and_not_stored() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = r#""metadata":{"AccelerateToken":"tok_acc_hostile_0123456789"}"#;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "nested 10,000 deep",
+            format!(
+                r#"{{"id":"evt_h1","type":"payment_approved","data":{{{token},"x":{}{}}}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "10,000-digit number",
+            format!(
+                r#"{{"id":"evt_h2","type":"payment_approved","data":{{{token},"amount":{}}}}}"#,
+                "7".repeat(10_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "id twice",
+            format!(
+                r#"{{"id":"evt_h3","id":"evt_h3b","type":"payment_approved","data":{{{token}}}}}"#
+            )
+            .into_bytes(),
+        ),
+        (
+            "invalid UTF-8",
+            [
+                br#"{"id":"evt_h4","type":"payment_approved","data":{"#.as_slice(),
+                token.as_bytes(),
+                b",\"name\":\"\xc3\x28\"}}",
+            ]
+            .concat(),
+        ),
+        (
+            "truncated",
+            format!(r#"{{"id":"evt_h5","type":"payment_approved","data":{{{token}"#).into_bytes(),
+        ),
+    ];
+    for (what, body) in cases {
+        let (status, answer_body) = app.send_json("sandbox", body).await;
+        assert_eq!(status, 400, "{what}");
+        assert_eq!(answer_body["error"], "malformed_event", "{what}");
+    }
+    assert_responsive(&app, "evt_after_json").await;
+    assert_eq!(app.db.count().await, 1, "only the real webhook is stored");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.sandbox.received().len(),
+        1,
+        "nothing hostile reached Accelerate"
+    );
+    app.stop().await;
+}
