@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ const PURGE_CHUNK: i64 = 1000;
 pub struct SqliteStore {
     writer: mpsc::Sender<Op>,
     readers: SqlitePool,
+    /// False while the last batch failed to commit (full disk, I/O error): the
+    /// database still reads, but the relay cannot accept anything.
+    committing: Arc<AtomicBool>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -91,8 +95,21 @@ impl SqliteStore {
             tokio::spawn(checkpoint_loop(readers.clone()));
         }
         let (writer, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(conn, rx, lock));
-        Ok(Self { writer, readers })
+        let committing = Arc::new(AtomicBool::new(true));
+        tokio::spawn(write_loop(
+            Writer {
+                options,
+                conn: Some(conn),
+                committing: Arc::clone(&committing),
+                _lock: lock,
+            },
+            rx,
+        ));
+        Ok(Self {
+            writer,
+            readers,
+            committing,
+        })
     }
 
     pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
@@ -177,6 +194,11 @@ impl SqliteStore {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
+        if !self.committing.load(Ordering::Relaxed) {
+            return Err(StoreError::Commit(
+                "the last write did not commit (disk full or I/O error?)".to_owned(),
+            ));
+        }
         sqlx::query("SELECT 1").execute(&self.readers).await?;
         Ok(())
     }
@@ -223,11 +245,17 @@ fn lock_file(options: &SqliteConnectOptions) -> Result<Option<Arc<File>>, StoreE
     Ok(Some(Arc::new(file)))
 }
 
-async fn write_loop(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Op>,
+/// The writer task's own state.
+struct Writer {
+    options: SqliteConnectOptions,
+    /// `None` after a failed batch, until the next batch reconnects.
+    conn: Option<SqliteConnection>,
+    committing: Arc<AtomicBool>,
+    /// Held for as long as the writer runs.
     _lock: Option<Arc<File>>,
-) {
+}
+
+async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Op>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -245,31 +273,54 @@ async fn write_loop(
             }
         }
         if !ops.is_empty() {
-            commit_batch(&mut conn, ops).await;
+            writer.commit_batch(ops).await;
         }
         if let Some(done) = close {
             // Requests that race the close are answered "closed" by the dropped receiver.
             rx.close();
-            let _ = conn.close().await;
+            if let Some(conn) = writer.conn.take() {
+                let _ = conn.close().await;
+            }
             let _ = done.send(());
             return;
         }
     }
 }
 
-/// Runs every operation in one transaction and answers them all after the commit.
-/// If anything fails, nothing of the batch is kept and every caller gets the error.
-async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Op>) {
-    let result = run_batch(conn, &ops).await;
-    let failure = result.as_ref().err().map(ToString::to_string);
-    if let Some(reason) = &failure {
-        tracing::error!(error = %reason, operations = ops.len(), "store commit failed; the batch was rolled back");
+impl Writer {
+    /// Runs every operation in one transaction and answers them all after the
+    /// commit. If anything fails, nothing of the batch is kept and every caller
+    /// gets the error.
+    ///
+    /// After a failure the connection is thrown away and the next batch opens a
+    /// new one. Seen in the full-disk test: after one SQLITE_FULL, later commits
+    /// on the same connection reported success, yet were gone after `kill -9`
+    /// (SQLite rolls such a transaction back by itself, and sqlx's own count of
+    /// open transactions no longer matches it). A fresh connection has no such state.
+    async fn commit_batch(&mut self, ops: Vec<Op>) {
+        let result = match &mut self.conn {
+            Some(conn) => run_batch(conn, &ops).await,
+            None => match SqliteConnection::connect_with(&self.options).await {
+                Ok(fresh) => run_batch(self.conn.insert(fresh), &ops).await,
+                Err(e) => Err(e),
+            },
+        };
+        let failure = result.as_ref().err().map(ToString::to_string);
+        self.committing.store(failure.is_none(), Ordering::Relaxed);
+        if let Some(reason) = &failure {
+            tracing::error!(error = %reason, operations = ops.len(), "store commit failed; the batch was rolled back and the writer reconnects");
+            self.conn = None;
+        }
+        answer_all(ops, result, failure.as_deref());
     }
+}
+
+fn answer_all(ops: Vec<Op>, result: Result<Vec<Done>, sqlx::Error>, failure: Option<&str>) {
     let mut done = result.unwrap_or_default().into_iter();
     for op in ops {
-        op.answer(match &failure {
+        op.answer(match failure {
             None => Ok(done.next()),
-            Some(reason) => Err(reason.as_str()),
+            Some(reason) => Err(reason),
         });
     }
 }
