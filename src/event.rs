@@ -185,12 +185,19 @@ struct Metadata<'a> {
 /// not read); anything unexpected below `data` only means "no token".
 pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     check_limits(body)?;
+    // serde also fills a struct from an array (`["evt_1","payment_approved"]`),
+    // so each level is checked to be an object first. Found by fuzzing.
+    if first_byte(body) != Some(b'{') {
+        return Err(EventError::Malformed("not a JSON object".to_owned()));
+    }
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
     let token = envelope
         .data
+        .filter(|data| is_object(data))
         .and_then(|data| serde_json::from_str::<Data<'_>>(data.get()).ok())
         .and_then(|data| data.metadata)
+        .filter(|meta| is_object(meta))
         .and_then(|meta| serde_json::from_str::<Metadata<'_>>(meta.get()).ok())
         .and_then(|meta| meta.token)
         .and_then(|token| AccelerateToken::parse(&token));
@@ -199,6 +206,16 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
         event_type: EventType::parse(&envelope.event_type)?,
         token,
     })
+}
+
+fn first_byte(json: &[u8]) -> Option<u8> {
+    json.iter()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    first_byte(raw.get().as_bytes()) == Some(b'{')
 }
 
 /// Deepest nesting accepted anywhere in the body; Checkout.com's events are
@@ -277,6 +294,8 @@ mod tests {
             r#"{"id":"e","type":"t","data":{"metadata":"x"}}"#,
             r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":5}}}"#,
             r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":""}}}"#,
+            r#"{"id":"e","type":"t","data":[{"AccelerateToken":"tok"}]}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":["tok"]}}"#,
         ] {
             assert!(
                 parse(body.as_bytes()).expect("valid").token.is_none(),
@@ -297,6 +316,9 @@ mod tests {
             r#"{"id":"e","id":"f","type":"t"}"#,
             r#"{"id":"e","type":"t"} x"#,
             r#"{"id":"","type":"t"}"#,
+            // An array fills a struct in serde: found by the event_parse fuzz target.
+            "\n\n[\n \":\"\r\r,\r\")\\\\ \"]\r\n\t",
+            r#"["evt_1","payment_approved"]"#,
         ] {
             assert!(parse(body.as_bytes()).is_err(), "{body}");
         }

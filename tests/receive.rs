@@ -193,6 +193,7 @@ async fn body_that_is_not_an_event_is_400_malformed(backend: Backend) {
         &b"not json"[..],
         b"",
         b"[]",
+        br#"["evt_1","payment_approved"]"#,
         b"\"evt_1\"",
         br#"{"type":"payment_approved"}"#,
         br#"{"id":"evt_1"}"#,
