@@ -162,6 +162,13 @@ fn check_config() -> anyhow::Result<()> {
             "off (RELAY_ADMIN_TOKEN not set)"
         }
     );
+    println!(
+        "allowed sources:      {}",
+        config.sources.as_ref().map_or_else(
+            || "any (RELAY_ALLOWED_SOURCES not set)".to_owned(),
+            |p| p.describe()
+        )
+    );
     println!("log format:           {:?}", config.log_format);
     Ok(())
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::event::Environment;
 use crate::retry::RetrySchedule;
 use crate::secret::{KeyRing, Secret};
+use crate::source::{parse_networks, SourcePolicy};
 use crate::verify::Credentials;
 
 pub const SANDBOX_URL: &str = "https://sbx.api.weaccelerate.com/webhooks/checkoutdotcom";
@@ -36,6 +37,8 @@ pub struct Config {
     pub retention: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// `None` unless `RELAY_ALLOWED_SOURCES` is set.
+    pub sources: Option<SourcePolicy>,
 }
 
 /// `Environment` as a map key with a stable order (sandbox first).
@@ -122,6 +125,8 @@ struct Raw {
     relay_retention_hours: Option<String>,
     relay_shutdown_grace_ms: Option<String>,
     relay_log_format: Option<String>,
+    relay_allowed_sources: Option<String>,
+    relay_trusted_proxies: Option<String>,
 }
 
 impl Config {
@@ -225,7 +230,20 @@ impl Raw {
             ));
         }
 
+        let trusted_proxies = match &self.relay_trusted_proxies {
+            Some(v) => parse_networks(v).map_err(|e| invalid("RELAY_TRUSTED_PROXIES", e))?,
+            None => Vec::new(),
+        };
+        let sources = match &self.relay_allowed_sources {
+            Some(v) => Some(SourcePolicy::new(
+                parse_networks(v).map_err(|e| invalid("RELAY_ALLOWED_SOURCES", e))?,
+                trusted_proxies,
+            )),
+            None => None,
+        };
+
         Ok(Config {
+            sources,
             listen: address(self.relay_listen, "RELAY_LISTEN")?
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             database,

@@ -15,6 +15,7 @@ pub mod http;
 pub mod retention;
 pub mod retry;
 pub mod secret;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

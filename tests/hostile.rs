@@ -222,3 +222,65 @@ async fn hostile_json_that_is_correctly_signed_is_400_and_not_stored() {
     );
     app.stop().await;
 }
+
+async fn post_from(app: &TestApp, forwarded_for: Option<&str>, id: &str) -> u16 {
+    let body = approved_event(id);
+    let mut request = app
+        .client
+        .post(format!("{}{PATH}", app.address))
+        .header("authorization", SANDBOX_AUTH)
+        .header("cko-signature", sign(SANDBOX_SIG, &body))
+        .body(body);
+    if let Some(xff) = forwarded_for {
+        request = request.header("x-forwarded-for", xff);
+    }
+    request.send().await.expect("answer").status().as_u16()
+}
+
+#[tokio::test]
+async fn source_allowlist_refuses_other_addresses_with_403() {
+    let app =
+        TestApp::spawn_with(Backend::Sqlite, &[("RELAY_ALLOWED_SOURCES", "10.0.0.0/8")]).await;
+    let response = app.send("sandbox", approved_event("evt_src1")).await;
+    assert_eq!(response.status().as_u16(), 403);
+    let (_, body) = answer(response).await;
+    assert_eq!(body, serde_json::json!({"error": "forbidden_source"}));
+    // Without a trusted proxy, X-Forwarded-For is not believed.
+    assert_eq!(post_from(&app, Some("10.1.2.3"), "evt_src2").await, 403);
+    assert_eq!(app.db.count().await, 0);
+    app.stop().await;
+
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("RELAY_ALLOWED_SOURCES", "127.0.0.1")]).await;
+    assert_eq!(post_from(&app, None, "evt_src3").await, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("RELAY_ALLOWED_SOURCES", "203.0.113.0/24"),
+            ("RELAY_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+    )
+    .await;
+    assert_eq!(post_from(&app, Some("203.0.113.7"), "evt_p1").await, 200);
+    assert_eq!(post_from(&app, Some("198.51.100.1"), "evt_p2").await, 403);
+    // A client cannot prepend an allowed address to its own.
+    assert_eq!(
+        post_from(&app, Some("203.0.113.7, 198.51.100.1"), "evt_p3").await,
+        403
+    );
+    assert_eq!(post_from(&app, None, "evt_p4").await, 403);
+    assert_eq!(app.db.count().await, 1);
+    // Probes are not subject to the allowlist.
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(health.status().as_u16(), 200);
+    app.stop().await;
+}

@@ -123,6 +123,8 @@ impl Answer {
 /// Every way a webhook is refused, mapped to its answer in `error_response`.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
+    #[error("source {0} is not in RELAY_ALLOWED_SOURCES")]
+    ForbiddenSource(std::net::IpAddr),
     #[error("no such environment is configured")]
     UnknownEnvironment,
     #[error("body over {limit} bytes")]
@@ -142,6 +144,7 @@ pub enum ReceiveError {
 impl ReceiveError {
     fn code(&self) -> &'static str {
         match self {
+            ReceiveError::ForbiddenSource(_) => "forbidden_source",
             ReceiveError::UnknownEnvironment => "unknown_environment",
             ReceiveError::TooLarge { .. } => "payload_too_large",
             ReceiveError::SlowBody(_) => "request_timeout",
@@ -168,6 +171,7 @@ impl ReceiveError {
 impl ResponseError for ReceiveError {
     fn status_code(&self) -> StatusCode {
         match self {
+            ReceiveError::ForbiddenSource(_) => StatusCode::FORBIDDEN,
             ReceiveError::UnknownEnvironment => StatusCode::NOT_FOUND,
             ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ReceiveError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
@@ -194,6 +198,19 @@ async fn receive(
     state: &AppState,
 ) -> Result<Answer, ReceiveError> {
     let config = &state.config;
+    if let Some(policy) = &config.sources {
+        let peer = req.peer_addr().map(|a| a.ip());
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = peer.map(|p| policy.client(p, forwarded));
+        match client {
+            Some(ip) if policy.allows(ip) => {}
+            Some(ip) => return Err(ReceiveError::ForbiddenSource(ip)),
+            None => return Err(ReceiveError::ForbiddenSource([0, 0, 0, 0].into())),
+        }
+    }
     let environment = resolve_environment(environment, config)?;
     let credentials = config
         .credentials(environment)
