@@ -1,0 +1,486 @@
+//! One benchmark run on this machine, all on 127.0.0.1: nginx's ceiling, then
+//! the relay's release build on SQLite (and PostgreSQL when reachable), then
+//! the scale run. Prints the tables and which targets were met.
+//! See bench/README.md for what each figure means and how it is measured.
+
+mod load;
+mod mock;
+mod procs;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use sqlx::Connection;
+
+use load::{closed_loop, open_loop, percentile, Clock, Events, Outcome, Target, AUTH};
+use mock::Mock;
+use procs::{disk_flushes, start_nginx, start_relay, Proc};
+
+#[derive(Parser, Clone)]
+#[command(about = "Load benchmark: accelerate-relay against nginx, in one run")]
+struct Args {
+    /// A short run that only checks the benchmark still works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds per load phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Connections of the full-speed phases.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Events per second of the fixed-rate (latency) phases.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Delivered rows already in the store for the scale run.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_rows: usize,
+    /// Pending deliveries whose drain is timed.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Where to create the PostgreSQL benchmark database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
+    #[arg(long)]
+    no_postgres: bool,
+    #[arg(long)]
+    no_nginx: bool,
+}
+
+const WEBHOOK: &str = "/webhooks/checkoutdotcom/sandbox";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.seconds = 1;
+        args.scale_rows = args.scale_rows.min(10_000);
+        args.backlog = args.backlog.min(2_000);
+        args.rate = args.rate.min(500);
+    }
+    let clock = Clock(Instant::now());
+    let duration = Duration::from_secs(args.seconds);
+    let capacity = (args.seconds as usize * 30_000)
+        .max(args.rate as usize * args.seconds as usize * 2)
+        .max(args.backlog);
+    eprintln!("pre-signing {capacity} events…");
+    let events = Arc::new(Events::new(capacity));
+    let work = tempfile::tempdir()?;
+    let mut report = Report::default();
+
+    // 1. The ceiling: nginx answering 200 itself, and proxying to the mock.
+    if !args.no_nginx && which("nginx") {
+        let mock = Mock::start(capacity, clock).await?;
+        let nginx = start_nginx(&work.path().join("nginx"), mock.addr).await?;
+        for (name, path) in [("nginx return 200", "/ok"), ("nginx proxy_pass → mock", "/proxy")] {
+            let target = Target { addr: nginx.addr, path: path.into() };
+            eprintln!("{name}: {} s at full speed…", args.seconds);
+            let cpu0 = nginx.cpu_seconds();
+            let out = closed_loop(&target, &events, 0..capacity, args.connections, duration, clock).await;
+            let cpu = nginx.cpu_seconds() - cpu0;
+            report.full.push(FullRow::from_outcome(name, &out, None, &nginx, cpu, None));
+        }
+        nginx.stop();
+    } else {
+        eprintln!("!!! nginx not installed (apt-get install nginx): no ceiling in this run !!!");
+    }
+
+    // 2. The relay on SQLite.
+    let sqlite = format!("sqlite://{}", work.path().join("relay.db").display());
+    let empty_latency = relay_run("relay, SQLite", &sqlite, &args, &events, clock, &work, &mut report).await?;
+
+    // 3. The relay on PostgreSQL, when reachable.
+    if !args.no_postgres {
+        match create_pg_database(&args.postgres).await {
+            Ok((url, name)) => {
+                let result = relay_run("relay, PostgreSQL", &url, &args, &events, clock, &work, &mut report).await;
+                drop_pg_database(&args.postgres, &name).await;
+                result?;
+            }
+            Err(e) => eprintln!("!!! PostgreSQL not reachable ({e}): PostgreSQL rows skipped !!!"),
+        }
+    }
+
+    // 4. Scale: a store that already holds many rows, and a backlog to drain.
+    scale_run(&args, &events, clock, &work, &mut report, empty_latency).await?;
+
+    report.print(&args);
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Fixed rate on the empty store, then full speed; returns the fixed-rate outcome.
+async fn relay_run(
+    name: &str,
+    database_url: &str,
+    args: &Args,
+    events: &Arc<Events>,
+    clock: Clock,
+    work: &tempfile::TempDir,
+    report: &mut Report,
+) -> anyhow::Result<Outcome> {
+    let duration = Duration::from_secs(args.seconds);
+    let mock = Mock::start(events.bodies.len(), clock).await?;
+    let log = work.path().join(format!("{}.log", name.replace([' ', ','], "_")));
+    let relay = start_relay(database_url, &mock.url(), &log).await?;
+    let target = Target { addr: relay.addr, path: WEBHOOK.into() };
+
+    eprintln!("{name}: {} events/s for {} s…", args.rate, args.seconds);
+    let fixed = open_loop(&target, events, 0, args.rate, duration, args.connections, clock).await;
+    let backlog_at_end = fixed.accepted as usize - mock.arrived(fixed.first..fixed.end).min(fixed.accepted as usize);
+    let drained = wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
+    report.fixed.push(FixedRow {
+        name: name.into(),
+        p50: fixed.percentile_ms(50.0),
+        p99: fixed.percentile_ms(99.0),
+        p999: fixed.percentile_ms(99.9),
+        accepted: fixed.accepted,
+        failed: fixed.failed + (fixed.ok - fixed.accepted),
+        backlog_at_end,
+        drained,
+    });
+
+    eprintln!("{name}: full speed, {} connections, {} s…", args.connections, args.seconds);
+    let first = fixed.end;
+    let (cpu0, flushes0, received0) = (relay.cpu_seconds(), disk_flushes(), mock.received.load(Ordering::Relaxed));
+    let full = closed_loop(&target, events, first..events.bodies.len(), args.connections, duration, clock).await;
+    let cpu = relay.cpu_seconds() - cpu0;
+    let flushes = disk_flushes() - flushes0;
+    let delivered_in_phase = mock.received.load(Ordering::Relaxed) - received0;
+    let drain_started = Instant::now();
+    wait_arrived(&mock, full.first..full.end, full.accepted as usize).await;
+    let drain = drain_started.elapsed();
+    let e2e = end_to_end(events, &mock, full.first..full.end);
+    let mut row = FullRow::from_outcome(name, &full, Some(delivered_in_phase), &relay, cpu, Some(flushes));
+    row.e2e_p50 = percentile(&e2e, 50.0);
+    row.e2e_p99 = percentile(&e2e, 99.0);
+    row.drain_after = Some(drain);
+    report.full.push(row);
+    relay.stop();
+    Ok(fixed)
+}
+
+async fn wait_arrived(mock: &Mock, range: std::ops::Range<usize>, expected: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if mock.arrived(range.clone()) >= expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Sorted received → Accelerate-got-it latencies in µs.
+fn end_to_end(events: &Events, mock: &Mock, range: std::ops::Range<usize>) -> Vec<u64> {
+    let mut e2e: Vec<u64> = range
+        .filter_map(|i| {
+            let got = mock.got_at[i].load(Ordering::Relaxed);
+            let sent = events.sent_at[i].load(Ordering::Relaxed);
+            (got != 0 && sent != 0).then(|| got.saturating_sub(sent))
+        })
+        .collect();
+    e2e.sort_unstable();
+    e2e
+}
+
+async fn create_pg_database(admin_url: &str) -> anyhow::Result<(String, String)> {
+    let mut admin = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(admin_url))
+        .await
+        .context("timed out")??;
+    let name = format!("relay_bench_{:08x}", rand::random::<u32>());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    let (base, _) = admin_url.rsplit_once('/').context("URL has no database")?;
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_pg_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+async fn scale_run(
+    args: &Args,
+    events: &Arc<Events>,
+    clock: Clock,
+    work: &tempfile::TempDir,
+    report: &mut Report,
+    empty: Outcome,
+) -> anyhow::Result<()> {
+    let path = work.path().join("scale.db");
+    let url = format!("sqlite://{}", path.display());
+    let duration = Duration::from_secs(args.seconds);
+    // Let the relay create the schema, then fill the file directly.
+    let mock = Mock::start(events.bodies.len(), clock).await?;
+    start_relay(&url, &mock.url(), &work.path().join("scale-init.log")).await?.stop();
+    eprintln!("scale: writing {} delivered rows into the store…", args.scale_rows);
+    let fill_started = Instant::now();
+    prefill_history(&url, args.scale_rows).await?;
+    let fill = fill_started.elapsed();
+
+    let relay = start_relay(&url, &mock.url(), &work.path().join("scale.log")).await?;
+    let target = Target { addr: relay.addr, path: WEBHOOK.into() };
+    eprintln!("scale: {} events/s for {} s with {} rows stored…", args.rate, args.seconds, args.scale_rows);
+    let fixed = open_loop(&target, events, 0, args.rate, duration, args.connections, clock).await;
+    wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
+    eprintln!("scale: full speed with {} rows stored…", args.scale_rows);
+    let received0 = mock.received.load(Ordering::Relaxed);
+    let full = closed_loop(&target, events, fixed.end..events.bodies.len(), args.connections, duration, clock).await;
+    let delivered = mock.received.load(Ordering::Relaxed) - received0;
+    relay.stop();
+
+    eprintln!("scale: {} pending deliveries, then the relay drains them…", args.backlog);
+    let mock = Mock::start(events.bodies.len(), clock).await?;
+    prefill_backlog(&url, events, args.backlog).await?;
+    let started = Instant::now();
+    let relay = start_relay(&url, &mock.url(), &work.path().join("drain.log")).await?;
+    let drained = wait_arrived(&mock, 0..args.backlog, args.backlog).await;
+    let drain = started.elapsed();
+    let peak = relay.peak_rss_mib();
+    relay.stop();
+
+    report.scale = Some(ScaleRow {
+        rows: args.scale_rows,
+        fill,
+        empty_p50: empty.percentile_ms(50.0),
+        empty_p99: empty.percentile_ms(99.0),
+        full_p50: fixed.percentile_ms(50.0),
+        full_p99: fixed.percentile_ms(99.0),
+        full_p999: fixed.percentile_ms(99.9),
+        accepted_rate: full.accepted as f64 / full.elapsed.as_secs_f64(),
+        delivered_rate: delivered as f64 / full.elapsed.as_secs_f64(),
+        backlog: args.backlog,
+        drain,
+        drained,
+        drain_peak_rss: peak,
+    });
+    Ok(())
+}
+
+/// `rows` delivered events, as months of history would leave them.
+async fn prefill_history(url: &str, rows: usize) -> anyhow::Result<()> {
+    let mut conn = sqlx::SqliteConnection::connect(url).await?;
+    sqlx::query("PRAGMA synchronous = OFF").execute(&mut conn).await?;
+    let body = load::event_body(0).to_vec();
+    let chunk = 100_000;
+    for start in (0..rows).step_by(chunk) {
+        let n = chunk.min(rows - start);
+        sqlx::query(
+            "WITH RECURSIVE c(x) AS (SELECT $1 UNION ALL SELECT x + 1 FROM c WHERE x < $2) \
+             INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
+             status, attempts, next_attempt_at, received_at, delivered_at, last_status) \
+             SELECT 'sandbox', 'evt_hist_' || x, 'payment_approved', 'tok_acc_hist_' || x, $3, \
+             CAST('content-type:application/json' AS BLOB), 'delivered', 1, 0, \
+             CAST(strftime('%s','now') AS INTEGER) * 1000, CAST(strftime('%s','now') AS INTEGER) * 1000, 200 FROM c",
+        )
+        .bind(start as i64)
+        .bind((start + n - 1) as i64)
+        .bind(&body)
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// `count` pending deliveries of the benchmark's events, due now.
+async fn prefill_backlog(url: &str, events: &Events, count: usize) -> anyhow::Result<()> {
+    let mut conn = sqlx::SqliteConnection::connect(url).await?;
+    let mut tx = conn.begin().await?;
+    for i in 0..count {
+        let headers = format!(
+            "content-type:application/json\nauthorization:{AUTH}\ncko-signature:{}\n",
+            events.signatures[i]
+        );
+        sqlx::query(
+            "INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
+             next_attempt_at, received_at) VALUES ('sandbox', $1, 'payment_approved', $2, $3, $4, 0, 0)",
+        )
+        .bind(format!("evt_backlog_{i}"))
+        .bind(format!("tok_acc_backlog_{i}"))
+        .bind(events.bodies[i].as_ref())
+        .bind(headers.into_bytes())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Report {
+    full: Vec<FullRow>,
+    fixed: Vec<FixedRow>,
+    scale: Option<ScaleRow>,
+}
+
+struct FullRow {
+    name: String,
+    rate: f64,
+    failed: u64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    delivered_rate: Option<f64>,
+    e2e_p50: f64,
+    e2e_p99: f64,
+    drain_after: Option<Duration>,
+    peak_rss: f64,
+    cpu_per_1000: f64,
+    flushes_per_s: Option<f64>,
+    events_per_flush: Option<f64>,
+}
+
+impl FullRow {
+    fn from_outcome(name: &str, out: &Outcome, delivered: Option<u64>, proc: &Proc, cpu: f64, flushes: Option<u64>) -> Self {
+        let secs = out.elapsed.as_secs_f64();
+        let counted = if delivered.is_some() { out.accepted } else { out.ok };
+        Self {
+            name: name.into(),
+            rate: counted as f64 / secs,
+            failed: out.failed + (out.ok - counted),
+            p50: out.percentile_ms(50.0),
+            p99: out.percentile_ms(99.0),
+            p999: out.percentile_ms(99.9),
+            delivered_rate: delivered.map(|d| d as f64 / secs),
+            e2e_p50: f64::NAN,
+            e2e_p99: f64::NAN,
+            drain_after: None,
+            peak_rss: proc.peak_rss_mib(),
+            cpu_per_1000: cpu / (counted.max(1) as f64 / 1000.0),
+            flushes_per_s: flushes.map(|f| f as f64 / secs),
+            events_per_flush: flushes.map(|f| counted as f64 / f.max(1) as f64),
+        }
+    }
+}
+
+struct FixedRow {
+    name: String,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    accepted: u64,
+    failed: u64,
+    backlog_at_end: usize,
+    drained: bool,
+}
+
+struct ScaleRow {
+    rows: usize,
+    fill: Duration,
+    empty_p50: f64,
+    empty_p99: f64,
+    full_p50: f64,
+    full_p99: f64,
+    full_p999: f64,
+    accepted_rate: f64,
+    delivered_rate: f64,
+    backlog: usize,
+    drain: Duration,
+    drained: bool,
+    drain_peak_rss: f64,
+}
+
+impl Report {
+    fn print(&self, args: &Args) {
+        let proxy = self
+            .full
+            .iter()
+            .find(|r| r.name.starts_with("nginx proxy"))
+            .map(|r| r.rate);
+        let ok = self.full.iter().find(|r| r.name.starts_with("nginx return")).map(|r| r.rate);
+        let ratio = |rate: f64, base: Option<f64>| base.map_or("—".to_owned(), |b| format!("{:.0}%", 100.0 * rate / b));
+        let opt = |v: Option<f64>, digits: usize| v.map_or("—".to_owned(), |v| format!("{v:.digits$}"));
+
+        println!("\n## Full speed: {} connections, {} s each\n", args.connections, args.seconds);
+        println!("| target | answered 2xx/s | vs nginx return 200 | vs nginx proxy_pass | p50 ms | p99 ms | p99.9 ms | failed | delivered/s during load | drain after load | e2e p50 ms | e2e p99 ms | peak RSS MiB | CPU s per 1,000 | disk flushes/s | events per flush |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for r in &self.full {
+            println!(
+                "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} |",
+                r.name, r.rate, ratio(r.rate, ok), ratio(r.rate, proxy), r.p50, r.p99, r.p999, r.failed,
+                opt(r.delivered_rate, 0),
+                r.drain_after.map_or("—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+                r.e2e_p50 , r.e2e_p99, r.peak_rss, r.cpu_per_1000,
+                opt(r.flushes_per_s, 0), opt(r.events_per_flush, 1),
+            );
+        }
+        println!("\n## Fixed rate: {} events/s for {} s (latency from the scheduled send time)\n", args.rate, args.seconds);
+        println!("| target | p50 ms | p99 ms | p99.9 ms | accepted | not accepted | backlog at the end | all delivered after |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+        for r in &self.fixed {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                r.name, r.p50, r.p99, r.p999, r.accepted, r.failed, r.backlog_at_end,
+                if r.drained { "yes" } else { "NO" }
+            );
+        }
+        if let Some(s) = &self.scale {
+            println!("\n## Scale (SQLite)\n");
+            println!("| measure | value |");
+            println!("| --- | --- |");
+            println!("| delivered rows already stored | {} (written in {:.1} s) |", s.rows, s.fill.as_secs_f64());
+            println!("| accept p50 / p99 / p99.9 at {} events/s, empty store | {:.2} / {:.2} ms |", args.rate, s.empty_p50, s.empty_p99);
+            println!("| accept p50 / p99 / p99.9 at {} events/s, {} rows | {:.2} / {:.2} / {:.2} ms |", args.rate, s.rows, s.full_p50, s.full_p99, s.full_p999);
+            println!("| full speed with {} rows: accepted/s, delivered/s | {:.0}, {:.0} |", s.rows, s.accepted_rate, s.delivered_rate);
+            println!("| backlog of {} pending deliveries drained in | {:.1} s ({:.0}/s){} |", s.backlog, s.drain.as_secs_f64(), s.backlog as f64 / s.drain.as_secs_f64(), if s.drained { "" } else { " NOT COMPLETE" });
+            println!("| peak RSS while draining | {:.1} MiB |", s.drain_peak_rss);
+        }
+
+        println!("\n## Targets\n");
+        let verdict = |name: &str, met: Option<bool>, detail: String| {
+            let word = match met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "not measured",
+            };
+            println!("- {word}: {name} ({detail})");
+        };
+        for r in self.full.iter().filter(|r| r.name.starts_with("relay")) {
+            verdict(
+                &format!("{}: durable accepted/s ≥ 50% of nginx proxy_pass", r.name),
+                proxy.map(|p| r.rate >= 0.5 * p),
+                ratio(r.rate, proxy),
+            );
+            verdict(
+                &format!("{}: peak RSS < 64 MiB at full load", r.name),
+                Some(r.peak_rss < 64.0),
+                format!("{:.1} MiB", r.peak_rss),
+            );
+            verdict(
+                &format!("{}: delivery keeps pace", r.name),
+                r.delivered_rate.map(|d| d >= 0.9 * r.rate),
+                format!("{} delivered/s while {:.0} accepted/s", opt(r.delivered_rate, 0), r.rate),
+            );
+        }
+        for r in &self.fixed {
+            verdict(
+                &format!("{}: p99 accept < 10 ms at {}/s", r.name, args.rate),
+                Some(r.p99 < 10.0),
+                format!("{:.2} ms", r.p99),
+            );
+            verdict(
+                &format!("{}: no growing backlog at {}/s", r.name, args.rate),
+                Some(r.drained && (r.backlog_at_end as u64) < (args.rate / 10).max(1)),
+                format!("{} undelivered when the load stopped", r.backlog_at_end),
+            );
+        }
+        if let Some(s) = &self.scale {
+            verdict(
+                &format!("accept latency with {} rows within 20% of an empty store", s.rows),
+                Some(s.full_p99 <= s.empty_p99 * 1.2 && s.full_p50 <= s.empty_p50 * 1.2),
+                format!("p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms", s.full_p50, s.empty_p50, s.full_p99, s.empty_p99),
+            );
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The processes under test (the relay's release binary, nginx) and what the
+//! kernel says about them: CPU time, peak RSS, device flushes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::load::{get_ok, AUTH, SIG_KEY};
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// user + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
+    /// Peak resident set size (VmHWM) in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        status_kib(self.pid(), "VmHWM:") as f64 / 1024.0
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if get_ok(addr, path).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{what} did not come up on {addr}")
+}
+
+pub fn relay_binary() -> anyhow::Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/accelerate-relay");
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --release` first (bench/run.sh does)", path.display());
+    }
+    Ok(path)
+}
+
+/// The relay's release build on `database_url`, forwarding sandbox events to `accelerate`.
+pub async fn start_relay(database_url: &str, accelerate: &str, log: &Path) -> anyhow::Result<Proc> {
+    let addr = free_addr()?;
+    let log = std::fs::File::create(log)?;
+    let child = Command::new(relay_binary()?)
+        .env_clear()
+        .env("RELAY_LISTEN", addr.to_string())
+        .env("RELAY_DATABASE_URL", database_url)
+        .env("CKO_SANDBOX_AUTHORIZATION_KEY", AUTH)
+        .env("CKO_SANDBOX_SIGNATURE_KEY", SIG_KEY)
+        .env("ACCELERATE_SANDBOX_URL", accelerate)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start the relay")?;
+    let relay = Proc { child, addr };
+    wait_ready(addr, "/readyz", "the relay").await?;
+    Ok(relay)
+}
+
+/// nginx with `/ok` answering 200 itself and `/proxy` passing to `upstream`.
+pub async fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Proc> {
+    let addr = free_addr()?;
+    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         keepalive_requests 10000000;\n client_body_buffer_size 64k;\n\
+         upstream accelerate {{ server {upstream}; keepalive 64; keepalive_requests 10000000; }}\n\
+         server {{\n  listen {addr};\n\
+           location = /ok {{ return 200 '{{\"status\":\"ok\"}}'; }}\n\
+           location = /proxy {{ proxy_pass http://accelerate/webhooks/checkoutdotcom; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+         }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start nginx (apt-get install nginx; bench/run.sh does)")?;
+    let nginx = Proc { child, addr };
+    wait_ready(addr, "/ok", "nginx").await?;
+    Ok(nginx)
+}
+
+/// CPU seconds of `pid` and its children (nginx's workers are children).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let own = stat_ticks(pid);
+    let children: u64 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(stat_ticks)
+        .sum();
+    (own + children) as f64 / ticks_per_second()
+}
+
+fn stat_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12) // utime, stime (fields 14 and 15 of the whole line)
+}
+
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Cache flushes completed by the machine's disks (field 16 of
+/// /sys/block/*/stat): each fsync of the store ends in one.
+pub fn disk_flushes() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !name.starts_with("loop") && !name.starts_with("zram") && !name.starts_with("ram")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(15)?.parse::<u64>().ok())
+        .sum()
+}
