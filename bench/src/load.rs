@@ -53,7 +53,10 @@ pub fn event_id(i: usize) -> String {
 pub fn index_of(body: &[u8]) -> Option<usize> {
     let marker = b"evt_bench_";
     let at = body.windows(marker.len()).position(|w| w == marker)? + marker.len();
-    std::str::from_utf8(body.get(at..at + 12)?).ok()?.parse().ok()
+    std::str::from_utf8(body.get(at..at + 12)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl Events {
@@ -118,7 +121,12 @@ impl Connection {
     }
 
     /// Sends event `i`; `Some(accepted)` on a 2xx answer.
-    async fn send(&mut self, target: &Target, events: &Events, i: usize) -> anyhow::Result<Option<bool>> {
+    async fn send(
+        &mut self,
+        target: &Target,
+        events: &Events,
+        i: usize,
+    ) -> anyhow::Result<Option<bool>> {
         self.sender.ready().await?;
         let request = Request::post(target.path.as_str())
             .header("host", "relay")
@@ -255,7 +263,10 @@ pub async fn get_ok(addr: SocketAddr, path: &str) -> bool {
     let Ok(mut conn) = Connection::open(addr).await else {
         return false;
     };
-    let Ok(request) = Request::get(path).header("host", "relay").body(Full::new(Bytes::new())) else {
+    let Ok(request) = Request::get(path)
+        .header("host", "relay")
+        .body(Full::new(Bytes::new()))
+    else {
         return false;
     };
     if conn.sender.ready().await.is_err() {

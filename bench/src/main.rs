@@ -74,13 +74,29 @@ async fn main() -> anyhow::Result<()> {
     if !args.no_nginx && which("nginx") {
         let mock = Mock::start(capacity, clock).await?;
         let nginx = start_nginx(&work.path().join("nginx"), mock.addr).await?;
-        for (name, path) in [("nginx return 200", "/ok"), ("nginx proxy_pass → mock", "/proxy")] {
-            let target = Target { addr: nginx.addr, path: path.into() };
+        for (name, path) in [
+            ("nginx return 200", "/ok"),
+            ("nginx proxy_pass → mock", "/proxy"),
+        ] {
+            let target = Target {
+                addr: nginx.addr,
+                path: path.into(),
+            };
             eprintln!("{name}: {} s at full speed…", args.seconds);
             let cpu0 = nginx.cpu_seconds();
-            let out = closed_loop(&target, &events, 0..capacity, args.connections, duration, clock).await;
+            let out = closed_loop(
+                &target,
+                &events,
+                0..capacity,
+                args.connections,
+                duration,
+                clock,
+            )
+            .await;
             let cpu = nginx.cpu_seconds() - cpu0;
-            report.full.push(FullRow::from_outcome(name, &out, None, &nginx, cpu, None));
+            report
+                .full
+                .push(FullRow::from_outcome(name, &out, None, &nginx, cpu, None));
         }
         nginx.stop();
     } else {
@@ -89,13 +105,31 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. The relay on SQLite.
     let sqlite = format!("sqlite://{}", work.path().join("relay.db").display());
-    let empty_latency = relay_run("relay, SQLite", &sqlite, &args, &events, clock, &work, &mut report).await?;
+    let empty_latency = relay_run(
+        "relay, SQLite",
+        &sqlite,
+        &args,
+        &events,
+        clock,
+        &work,
+        &mut report,
+    )
+    .await?;
 
     // 3. The relay on PostgreSQL, when reachable.
     if !args.no_postgres {
         match create_pg_database(&args.postgres).await {
             Ok((url, name)) => {
-                let result = relay_run("relay, PostgreSQL", &url, &args, &events, clock, &work, &mut report).await;
+                let result = relay_run(
+                    "relay, PostgreSQL",
+                    &url,
+                    &args,
+                    &events,
+                    clock,
+                    &work,
+                    &mut report,
+                )
+                .await;
                 drop_pg_database(&args.postgres, &name).await;
                 result?;
             }
@@ -129,13 +163,30 @@ async fn relay_run(
 ) -> anyhow::Result<Outcome> {
     let duration = Duration::from_secs(args.seconds);
     let mock = Mock::start(events.bodies.len(), clock).await?;
-    let log = work.path().join(format!("{}.log", name.replace([' ', ','], "_")));
+    let log = work
+        .path()
+        .join(format!("{}.log", name.replace([' ', ','], "_")));
     let relay = start_relay(database_url, &mock.url(), &log).await?;
-    let target = Target { addr: relay.addr, path: WEBHOOK.into() };
+    let target = Target {
+        addr: relay.addr,
+        path: WEBHOOK.into(),
+    };
 
     eprintln!("{name}: {} events/s for {} s…", args.rate, args.seconds);
-    let fixed = open_loop(&target, events, 0, args.rate, duration, args.connections, clock).await;
-    let backlog_at_end = fixed.accepted as usize - mock.arrived(fixed.first..fixed.end).min(fixed.accepted as usize);
+    let fixed = open_loop(
+        &target,
+        events,
+        0,
+        args.rate,
+        duration,
+        args.connections,
+        clock,
+    )
+    .await;
+    let backlog_at_end = fixed.accepted as usize
+        - mock
+            .arrived(fixed.first..fixed.end)
+            .min(fixed.accepted as usize);
     let drained = wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
     report.fixed.push(FixedRow {
         name: name.into(),
@@ -148,10 +199,25 @@ async fn relay_run(
         drained,
     });
 
-    eprintln!("{name}: full speed, {} connections, {} s…", args.connections, args.seconds);
+    eprintln!(
+        "{name}: full speed, {} connections, {} s…",
+        args.connections, args.seconds
+    );
     let first = fixed.end;
-    let (cpu0, flushes0, received0) = (relay.cpu_seconds(), disk_flushes(), mock.received.load(Ordering::Relaxed));
-    let full = closed_loop(&target, events, first..events.bodies.len(), args.connections, duration, clock).await;
+    let (cpu0, flushes0, received0) = (
+        relay.cpu_seconds(),
+        disk_flushes(),
+        mock.received.load(Ordering::Relaxed),
+    );
+    let full = closed_loop(
+        &target,
+        events,
+        first..events.bodies.len(),
+        args.connections,
+        duration,
+        clock,
+    )
+    .await;
     let cpu = relay.cpu_seconds() - cpu0;
     let flushes = disk_flushes() - flushes0;
     let delivered_in_phase = mock.received.load(Ordering::Relaxed) - received0;
@@ -159,7 +225,14 @@ async fn relay_run(
     wait_arrived(&mock, full.first..full.end, full.accepted as usize).await;
     let drain = drain_started.elapsed();
     let e2e = end_to_end(events, &mock, full.first..full.end);
-    let mut row = FullRow::from_outcome(name, &full, Some(delivered_in_phase), &relay, cpu, Some(flushes));
+    let mut row = FullRow::from_outcome(
+        name,
+        &full,
+        Some(delivered_in_phase),
+        &relay,
+        cpu,
+        Some(flushes),
+    );
     row.e2e_p50 = percentile(&e2e, 50.0);
     row.e2e_p99 = percentile(&e2e, 99.0);
     row.drain_after = Some(drain);
@@ -193,11 +266,16 @@ fn end_to_end(events: &Events, mock: &Mock, range: std::ops::Range<usize>) -> Ve
 }
 
 async fn create_pg_database(admin_url: &str) -> anyhow::Result<(String, String)> {
-    let mut admin = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(admin_url))
-        .await
-        .context("timed out")??;
+    let mut admin = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::PgConnection::connect(admin_url),
+    )
+    .await
+    .context("timed out")??;
     let name = format!("relay_bench_{:08x}", rand::random::<u32>());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
     let (base, _) = admin_url.rsplit_once('/').context("URL has no database")?;
     Ok((format!("{base}/{name}"), name))
 }
@@ -223,24 +301,55 @@ async fn scale_run(
     let duration = Duration::from_secs(args.seconds);
     // Let the relay create the schema, then fill the file directly.
     let mock = Mock::start(events.bodies.len(), clock).await?;
-    start_relay(&url, &mock.url(), &work.path().join("scale-init.log")).await?.stop();
-    eprintln!("scale: writing {} delivered rows into the store…", args.scale_rows);
+    start_relay(&url, &mock.url(), &work.path().join("scale-init.log"))
+        .await?
+        .stop();
+    eprintln!(
+        "scale: writing {} delivered rows into the store…",
+        args.scale_rows
+    );
     let fill_started = Instant::now();
     prefill_history(&url, args.scale_rows).await?;
     let fill = fill_started.elapsed();
 
     let relay = start_relay(&url, &mock.url(), &work.path().join("scale.log")).await?;
-    let target = Target { addr: relay.addr, path: WEBHOOK.into() };
-    eprintln!("scale: {} events/s for {} s with {} rows stored…", args.rate, args.seconds, args.scale_rows);
-    let fixed = open_loop(&target, events, 0, args.rate, duration, args.connections, clock).await;
+    let target = Target {
+        addr: relay.addr,
+        path: WEBHOOK.into(),
+    };
+    eprintln!(
+        "scale: {} events/s for {} s with {} rows stored…",
+        args.rate, args.seconds, args.scale_rows
+    );
+    let fixed = open_loop(
+        &target,
+        events,
+        0,
+        args.rate,
+        duration,
+        args.connections,
+        clock,
+    )
+    .await;
     wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
     eprintln!("scale: full speed with {} rows stored…", args.scale_rows);
     let received0 = mock.received.load(Ordering::Relaxed);
-    let full = closed_loop(&target, events, fixed.end..events.bodies.len(), args.connections, duration, clock).await;
+    let full = closed_loop(
+        &target,
+        events,
+        fixed.end..events.bodies.len(),
+        args.connections,
+        duration,
+        clock,
+    )
+    .await;
     let delivered = mock.received.load(Ordering::Relaxed) - received0;
     relay.stop();
 
-    eprintln!("scale: {} pending deliveries, then the relay drains them…", args.backlog);
+    eprintln!(
+        "scale: {} pending deliveries, then the relay drains them…",
+        args.backlog
+    );
     let mock = Mock::start(events.bodies.len(), clock).await?;
     prefill_backlog(&url, events, args.backlog).await?;
     let started = Instant::now();
@@ -271,7 +380,9 @@ async fn scale_run(
 /// `rows` delivered events, as months of history would leave them.
 async fn prefill_history(url: &str, rows: usize) -> anyhow::Result<()> {
     let mut conn = sqlx::SqliteConnection::connect(url).await?;
-    sqlx::query("PRAGMA synchronous = OFF").execute(&mut conn).await?;
+    sqlx::query("PRAGMA synchronous = OFF")
+        .execute(&mut conn)
+        .await?;
     let body = load::event_body(0).to_vec();
     let chunk = 100_000;
     for start in (0..rows).step_by(chunk) {
@@ -342,9 +453,20 @@ struct FullRow {
 }
 
 impl FullRow {
-    fn from_outcome(name: &str, out: &Outcome, delivered: Option<u64>, proc: &Proc, cpu: f64, flushes: Option<u64>) -> Self {
+    fn from_outcome(
+        name: &str,
+        out: &Outcome,
+        delivered: Option<u64>,
+        proc: &Proc,
+        cpu: f64,
+        flushes: Option<u64>,
+    ) -> Self {
         let secs = out.elapsed.as_secs_f64();
-        let counted = if delivered.is_some() { out.accepted } else { out.ok };
+        let counted = if delivered.is_some() {
+            out.accepted
+        } else {
+            out.ok
+        };
         Self {
             name: name.into(),
             rate: counted as f64 / secs,
@@ -398,11 +520,21 @@ impl Report {
             .iter()
             .find(|r| r.name.starts_with("nginx proxy"))
             .map(|r| r.rate);
-        let ok = self.full.iter().find(|r| r.name.starts_with("nginx return")).map(|r| r.rate);
-        let ratio = |rate: f64, base: Option<f64>| base.map_or("—".to_owned(), |b| format!("{:.0}%", 100.0 * rate / b));
-        let opt = |v: Option<f64>, digits: usize| v.map_or("—".to_owned(), |v| format!("{v:.digits$}"));
+        let ok = self
+            .full
+            .iter()
+            .find(|r| r.name.starts_with("nginx return"))
+            .map(|r| r.rate);
+        let ratio = |rate: f64, base: Option<f64>| {
+            base.map_or("—".to_owned(), |b| format!("{:.0}%", 100.0 * rate / b))
+        };
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("—".to_owned(), |v| format!("{v:.digits$}"));
 
-        println!("\n## Full speed: {} connections, {} s each\n", args.connections, args.seconds);
+        println!(
+            "\n## Full speed: {} connections, {} s each\n",
+            args.connections, args.seconds
+        );
         println!("| target | answered 2xx/s | vs nginx return 200 | vs nginx proxy_pass | p50 ms | p99 ms | p99.9 ms | failed | delivered/s during load | drain after load | e2e p50 ms | e2e p99 ms | peak RSS MiB | CPU s per 1,000 | disk flushes/s | events per flush |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for r in &self.full {
@@ -415,13 +547,22 @@ impl Report {
                 opt(r.flushes_per_s, 0), opt(r.events_per_flush, 1),
             );
         }
-        println!("\n## Fixed rate: {} events/s for {} s (latency from the scheduled send time)\n", args.rate, args.seconds);
+        println!(
+            "\n## Fixed rate: {} events/s for {} s (latency from the scheduled send time)\n",
+            args.rate, args.seconds
+        );
         println!("| target | p50 ms | p99 ms | p99.9 ms | accepted | not accepted | backlog at the end | all delivered after |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
         for r in &self.fixed {
             println!(
                 "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
-                r.name, r.p50, r.p99, r.p999, r.accepted, r.failed, r.backlog_at_end,
+                r.name,
+                r.p50,
+                r.p99,
+                r.p999,
+                r.accepted,
+                r.failed,
+                r.backlog_at_end,
                 if r.drained { "yes" } else { "NO" }
             );
         }
@@ -429,11 +570,30 @@ impl Report {
             println!("\n## Scale (SQLite)\n");
             println!("| measure | value |");
             println!("| --- | --- |");
-            println!("| delivered rows already stored | {} (written in {:.1} s) |", s.rows, s.fill.as_secs_f64());
-            println!("| accept p50 / p99 / p99.9 at {} events/s, empty store | {:.2} / {:.2} ms |", args.rate, s.empty_p50, s.empty_p99);
-            println!("| accept p50 / p99 / p99.9 at {} events/s, {} rows | {:.2} / {:.2} / {:.2} ms |", args.rate, s.rows, s.full_p50, s.full_p99, s.full_p999);
-            println!("| full speed with {} rows: accepted/s, delivered/s | {:.0}, {:.0} |", s.rows, s.accepted_rate, s.delivered_rate);
-            println!("| backlog of {} pending deliveries drained in | {:.1} s ({:.0}/s){} |", s.backlog, s.drain.as_secs_f64(), s.backlog as f64 / s.drain.as_secs_f64(), if s.drained { "" } else { " NOT COMPLETE" });
+            println!(
+                "| delivered rows already stored | {} (written in {:.1} s) |",
+                s.rows,
+                s.fill.as_secs_f64()
+            );
+            println!(
+                "| accept p50 / p99 / p99.9 at {} events/s, empty store | {:.2} / {:.2} ms |",
+                args.rate, s.empty_p50, s.empty_p99
+            );
+            println!(
+                "| accept p50 / p99 / p99.9 at {} events/s, {} rows | {:.2} / {:.2} / {:.2} ms |",
+                args.rate, s.rows, s.full_p50, s.full_p99, s.full_p999
+            );
+            println!(
+                "| full speed with {} rows: accepted/s, delivered/s | {:.0}, {:.0} |",
+                s.rows, s.accepted_rate, s.delivered_rate
+            );
+            println!(
+                "| backlog of {} pending deliveries drained in | {:.1} s ({:.0}/s){} |",
+                s.backlog,
+                s.drain.as_secs_f64(),
+                s.backlog as f64 / s.drain.as_secs_f64(),
+                if s.drained { "" } else { " NOT COMPLETE" }
+            );
             println!("| peak RSS while draining | {:.1} MiB |", s.drain_peak_rss);
         }
 
@@ -460,7 +620,11 @@ impl Report {
             verdict(
                 &format!("{}: delivery keeps pace", r.name),
                 r.delivered_rate.map(|d| d >= 0.9 * r.rate),
-                format!("{} delivered/s while {:.0} accepted/s", opt(r.delivered_rate, 0), r.rate),
+                format!(
+                    "{} delivered/s while {:.0} accepted/s",
+                    opt(r.delivered_rate, 0),
+                    r.rate
+                ),
             );
         }
         for r in &self.fixed {
@@ -477,9 +641,15 @@ impl Report {
         }
         if let Some(s) = &self.scale {
             verdict(
-                &format!("accept latency with {} rows within 20% of an empty store", s.rows),
+                &format!(
+                    "accept latency with {} rows within 20% of an empty store",
+                    s.rows
+                ),
                 Some(s.full_p99 <= s.empty_p99 * 1.2 && s.full_p50 <= s.empty_p50 * 1.2),
-                format!("p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms", s.full_p50, s.empty_p50, s.full_p99, s.empty_p99),
+                format!(
+                    "p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms",
+                    s.full_p50, s.empty_p50, s.full_p99, s.empty_p99
+                ),
             );
         }
     }

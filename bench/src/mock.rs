@@ -27,7 +27,8 @@ impl Mock {
     pub async fn start(capacity: usize, clock: Clock) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let got_at: Arc<Vec<AtomicU64>> = Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
+        let got_at: Arc<Vec<AtomicU64>> =
+            Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
         let received = Arc::new(AtomicU64::new(0));
         let (got, count) = (Arc::clone(&got_at), Arc::clone(&received));
         tokio::spawn(async move {
@@ -38,9 +39,19 @@ impl Mock {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (got, count) = (Arc::clone(&got), Arc::clone(&count));
                         async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             if let Some(slot) = index_of(&body).and_then(|i| got.get(i)) {
-                                let _ = slot.compare_exchange(0, clock.micros().max(1), Ordering::Relaxed, Ordering::Relaxed);
+                                let _ = slot.compare_exchange(
+                                    0,
+                                    clock.micros().max(1),
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                );
                             }
                             count.fetch_add(1, Ordering::Relaxed);
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
@@ -52,7 +63,11 @@ impl Mock {
                 });
             }
         });
-        Ok(Self { addr, got_at, received })
+        Ok(Self {
+            addr,
+            got_at,
+            received,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -61,6 +76,9 @@ impl Mock {
 
     /// How many of the events in `range` have arrived.
     pub fn arrived(&self, range: std::ops::Range<usize>) -> usize {
-        self.got_at[range].iter().filter(|t| t.load(Ordering::Relaxed) != 0).count()
+        self.got_at[range]
+            .iter()
+            .filter(|t| t.load(Ordering::Relaxed) != 0)
+            .count()
     }
 }

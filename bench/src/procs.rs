@@ -31,7 +31,9 @@ impl Proc {
     }
 
     pub fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -69,7 +71,10 @@ async fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<
 pub fn relay_binary() -> anyhow::Result<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/accelerate-relay");
     if !path.exists() {
-        bail!("{} is missing: run `cargo build --release` first (bench/run.sh does)", path.display());
+        bail!(
+            "{} is missing: run `cargo build --release` first (bench/run.sh does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -148,7 +153,12 @@ fn stat_ticks(pid: u32) -> u64 {
     // Fields after the command name (which may hold spaces) start after ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let field = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     field(11) + field(12) // utime, stime (fields 14 and 15 of the whole line)
 }
 

@@ -69,14 +69,7 @@ impl PgStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let sql = format!(
-            "UPDATE deliveries SET leased_until = $1, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' \
-             AND next_attempt_at <= $2 AND (leased_until IS NULL OR leased_until <= $2) \
-             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) {}",
-            rows::CLAIM_RETURNING
-        );
-        let found: Vec<ClaimRow> = sqlx::query_as(&sql)
+        let found: Vec<ClaimRow> = sqlx::query_as(&rows::claim_sql(true))
             .bind(now.plus(lease).0)
             .bind(now.0)
             .bind(i64::from(limit))

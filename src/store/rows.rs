@@ -12,9 +12,25 @@ pub const ACCEPT: &str = "INSERT INTO deliveries \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
 
-/// Columns a claim returns, in `ClaimRow`'s order.
-pub const CLAIM_RETURNING: &str =
-    "RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at";
+/// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many.
+///
+/// A claimed row's `next_attempt_at` becomes its lease end, so "due" is one
+/// range of the `deliveries_due` index: rows in flight are simply not due yet,
+/// and a row whose attempt died with its process becomes due when the lease
+/// runs out. `leased_until` only records that an attempt is in flight.
+pub fn claim_sql(skip_locked: bool) -> String {
+    format!(
+        "UPDATE deliveries SET next_attempt_at = $1, leased_until = $1, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $2 \
+         ORDER BY next_attempt_at LIMIT $3{}) \
+         RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at",
+        if skip_locked {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        }
+    )
+}
 
 /// `$1` id, `$2` attempt number claimed (the fence against a lost lease).
 pub const FINISH_DELIVERED: &str =

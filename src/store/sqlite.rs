@@ -89,9 +89,13 @@ impl SqliteStore {
         if role == Role::Service {
             // One process owns this file (the lock above), so no attempt is really
             // in flight: make every delivery cut short by a crash due at once.
-            sqlx::query("UPDATE deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL")
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(
+                "UPDATE deliveries SET next_attempt_at = $1, leased_until = NULL \
+                 WHERE status = 'pending' AND leased_until IS NOT NULL",
+            )
+            .bind(Timestamp::now().0)
+            .execute(&mut conn)
+            .await?;
             tokio::spawn(checkpoint_loop(readers.clone()));
         }
         let (writer, rx) = mpsc::channel(QUEUE);
@@ -360,23 +364,14 @@ async fn apply(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> 
         }
         Op::Claim {
             now, lease, limit, ..
-        } => {
-            let sql = format!(
-                "UPDATE deliveries SET leased_until = $1, attempts = attempts + 1 \
-                 WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' \
-                 AND next_attempt_at <= $2 AND (leased_until IS NULL OR leased_until <= $2) \
-                 ORDER BY next_attempt_at LIMIT $3) {}",
-                rows::CLAIM_RETURNING
-            );
-            Done::Claimed(
-                sqlx::query_as(&sql)
-                    .bind(now.plus(*lease).0)
-                    .bind(now.0)
-                    .bind(i64::from(*limit))
-                    .fetch_all(&mut *tx)
-                    .await?,
-            )
-        }
+        } => Done::Claimed(
+            sqlx::query_as(&rows::claim_sql(false))
+                .bind(now.plus(*lease).0)
+                .bind(now.0)
+                .bind(i64::from(*limit))
+                .fetch_all(&mut *tx)
+                .await?,
+        ),
         Op::Finish {
             id,
             attempt,
