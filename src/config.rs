@@ -223,10 +223,11 @@ impl Raw {
             // Long enough that an attempt in flight never loses its lease.
             None => delivery_timeout * 2 + Duration::from_secs(30),
         };
-        if lease <= delivery_timeout {
+        // A claimed delivery may wait for one round of attempts before its own.
+        if lease <= delivery_timeout * 2 {
             return Err(invalid(
                 "RELAY_LEASE_MS",
-                "must be longer than RELAY_DELIVERY_TIMEOUT_MS, or an attempt in flight could be claimed twice",
+                "must be longer than twice RELAY_DELIVERY_TIMEOUT_MS, or an attempt in flight could be claimed twice",
             ));
         }
 

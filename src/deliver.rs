@@ -84,65 +84,75 @@ impl Worker {
     /// Runs until `stop` turns true, then lets the attempts in flight finish
     /// (up to `grace`; an attempt still running then keeps its lease and is
     /// made again after restart).
+    ///
+    /// Claims run ahead of sending: up to twice `concurrency` deliveries are
+    /// claimed and not yet recorded, while at most `concurrency` attempts talk
+    /// to Accelerate. So neither a claim nor the commit of an outcome ever holds
+    /// a sending slot, and claims come in batches rather than one per freed slot.
     pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let sending = Arc::new(Semaphore::new(self.concurrency));
+        let outstanding = Arc::new(Semaphore::new(self.concurrency * 2));
+        let batch = (self.concurrency / 2).max(1);
         let mut backoff = Duration::from_millis(100);
         while !*stop.borrow() {
-            let free = slots.available_permits();
-            let mut claimed_all = false;
-            if free > 0 {
-                let limit = u32::try_from(free).unwrap_or(u32::MAX);
-                match self
-                    .store
-                    .claim_due(Timestamp::now(), self.lease, limit)
-                    .await
-                {
-                    Ok(claims) => {
-                        backoff = Duration::from_millis(100);
-                        claimed_all = claims.len() == free;
-                        for claim in claims {
-                            let slot = Arc::clone(&slots)
-                                .acquire_owned()
-                                .await
-                                .expect("the semaphore is never closed");
-                            let worker = self.clone();
-                            tokio::spawn(async move {
-                                let _slot = slot;
-                                if let Err(e) = worker.deliver(claim).await {
-                                    tracing::error!(error = %e, "could not record a delivery attempt; its lease will expire and it will be tried again");
-                                }
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not claim deliveries; backing off");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        continue;
-                    }
+            let room = outstanding.available_permits();
+            let busy = room < self.concurrency * 2;
+            // With work in progress, wait until a batch's worth of room is free.
+            if busy && room < batch {
+                tokio::select! {
+                    _ = outstanding.acquire_many(batch as u32) => {}
+                    _ = stop.changed() => {}
                 }
+                continue;
+            }
+            let limit = u32::try_from(room).unwrap_or(u32::MAX);
+            let claims = match self.store.claim_due(Timestamp::now(), self.lease, limit).await {
+                Ok(claims) => claims,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not claim deliveries; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let claimed_all = claims.len() == room;
+            for claim in claims {
+                let permit = Arc::clone(&outstanding)
+                    .try_acquire_owned()
+                    .expect("claims never exceed the room counted above");
+                let (worker, sending, stop) = (self.clone(), Arc::clone(&sending), stop.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let Ok(slot) = sending.acquire_owned().await else {
+                        return;
+                    };
+                    if *stop.borrow() {
+                        // Not started: the lease runs out and it is claimed after restart.
+                        return;
+                    }
+                    let (outcome, _) = worker.attempt_and_classify(&claim).await;
+                    drop(slot);
+                    if let Err(e) = worker.store.finish(&claim, outcome).await {
+                        tracing::error!(error = %e, delivery_id = %claim.id, "could not record a delivery attempt; its lease will expire and it will be tried again");
+                    }
+                });
             }
             if claimed_all {
                 continue;
             }
-            let idle = if free == 0 {
-                POLL
-            } else {
-                self.idle_time().await
-            };
+            let idle = self.idle_time().await;
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
                 _ = stop.changed() => {}
-                // A slot freed up while all were busy.
-                _ = slots.acquire(), if free == 0 => {}
             }
         }
-        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, slots.acquire_many(all))
+        let all = u32::try_from(self.concurrency * 2).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, outstanding.acquire_many(all))
             .await
             .is_err()
         {
@@ -160,8 +170,15 @@ impl Worker {
     }
 
     async fn deliver(&self, claim: Claimed) -> Result<Step, StoreError> {
+        let (outcome, step) = self.attempt_and_classify(&claim).await;
+        self.store.finish(&claim, outcome).await?;
+        Ok(step)
+    }
+
+    /// Makes the attempt, decides what happens next and logs it; the caller records it.
+    async fn attempt_and_classify(&self, claim: &Claimed) -> (Outcome, Step) {
         let started = Instant::now();
-        let answer = self.attempt(&claim).await;
+        let answer = self.attempt(claim).await;
         let latency_ms = started.elapsed().as_millis() as u64;
         let (outcome, step) = match answer {
             Answer::Success(status) => (
@@ -200,8 +217,7 @@ impl Worker {
                 "delivery attempt; the retry schedule is used up, replay it with the admin API or CLI"
             ),
         }
-        self.store.finish(&claim, outcome).await?;
-        Ok(step)
+        (outcome, step)
     }
 
     async fn attempt(&self, claim: &Claimed) -> Answer {

@@ -51,7 +51,7 @@ async fn kill_9_twenty_times_under_load(backend: Backend) {
         Backend::Postgres => vec![
             ("RELAY_DATABASE_URL", db.url()),
             ("RELAY_DELIVERY_TIMEOUT_MS", "1000"),
-            ("RELAY_LEASE_MS", "1500"),
+            ("RELAY_LEASE_MS", "2500"),
         ],
     };
     let dir = db.dir.path();

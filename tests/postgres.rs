@@ -163,8 +163,8 @@ async fn replica_killed_mid_delivery_is_covered_by_another_after_the_lease() {
     accelerate.script([Reply::Slow(Duration::from_secs(60), 200)]);
     let settings = [
         ("RELAY_DATABASE_URL", db.url()),
-        ("RELAY_DELIVERY_TIMEOUT_MS", "2000"),
-        ("RELAY_LEASE_MS", "3000"),
+        ("RELAY_DELIVERY_TIMEOUT_MS", "1500"),
+        ("RELAY_LEASE_MS", "3500"),
     ];
     let dir_a = tempfile::tempdir().expect("dir");
     let dir_b = tempfile::tempdir().expect("dir");
