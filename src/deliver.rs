@@ -106,7 +106,11 @@ impl Worker {
                 continue;
             }
             let limit = u32::try_from(room).unwrap_or(u32::MAX);
-            let claims = match self.store.claim_due(Timestamp::now(), self.lease, limit).await {
+            let claims = match self
+                .store
+                .claim_due(Timestamp::now(), self.lease, limit)
+                .await
+            {
                 Ok(claims) => claims,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not claim deliveries; backing off");

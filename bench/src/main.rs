@@ -379,53 +379,58 @@ async fn scale_run(
 
 /// `rows` delivered events, as months of history would leave them.
 async fn prefill_history(url: &str, rows: usize) -> anyhow::Result<()> {
-    let mut conn = sqlx::SqliteConnection::connect(url).await?;
-    sqlx::query("PRAGMA synchronous = OFF")
-        .execute(&mut conn)
-        .await?;
-    let body = load::event_body(0).to_vec();
-    let chunk = 100_000;
-    for start in (0..rows).step_by(chunk) {
-        let n = chunk.min(rows - start);
-        sqlx::query(
-            "WITH RECURSIVE c(x) AS (SELECT $1 UNION ALL SELECT x + 1 FROM c WHERE x < $2) \
-             INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
-             status, attempts, next_attempt_at, received_at, delivered_at, last_status) \
-             SELECT 'sandbox', 'evt_hist_' || x, 'payment_approved', 'tok_acc_hist_' || x, $3, \
-             CAST('content-type:application/json' AS BLOB), 'delivered', 1, 0, \
-             CAST(strftime('%s','now') AS INTEGER) * 1000, CAST(strftime('%s','now') AS INTEGER) * 1000, 200 FROM c",
-        )
-        .bind(start as i64)
-        .bind((start + n - 1) as i64)
-        .bind(&body)
-        .execute(&mut conn)
-        .await?;
-    }
-    Ok(())
+    let path = url.trim_start_matches("sqlite://").to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        let body = load::event_body(0).to_vec();
+        let chunk = 100_000;
+        for start in (0..rows).step_by(chunk) {
+            let n = chunk.min(rows - start);
+            conn.execute(
+                "WITH RECURSIVE c(x) AS (SELECT ?1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2) \
+                 INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
+                 status, attempts, next_attempt_at, received_at, delivered_at, last_status) \
+                 SELECT 'sandbox', 'evt_hist_' || x, 'payment_approved', 'tok_acc_hist_' || x, ?3, \
+                 CAST('content-type:application/json' AS BLOB), 'delivered', 1, 0, \
+                 CAST(strftime('%s','now') AS INTEGER) * 1000, CAST(strftime('%s','now') AS INTEGER) * 1000, 200 FROM c",
+                rusqlite::params![start as i64, (start + n - 1) as i64, body],
+            )?;
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// `count` pending deliveries of the benchmark's events, due now.
-async fn prefill_backlog(url: &str, events: &Events, count: usize) -> anyhow::Result<()> {
-    let mut conn = sqlx::SqliteConnection::connect(url).await?;
-    let mut tx = conn.begin().await?;
-    for i in 0..count {
-        let headers = format!(
-            "content-type:application/json\nauthorization:{AUTH}\ncko-signature:{}\n",
-            events.signatures[i]
-        );
-        sqlx::query(
-            "INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
-             next_attempt_at, received_at) VALUES ('sandbox', $1, 'payment_approved', $2, $3, $4, 0, 0)",
-        )
-        .bind(format!("evt_backlog_{i}"))
-        .bind(format!("tok_acc_backlog_{i}"))
-        .bind(events.bodies[i].as_ref())
-        .bind(headers.into_bytes())
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
+async fn prefill_backlog(url: &str, events: &Arc<Events>, count: usize) -> anyhow::Result<()> {
+    let path = url.trim_start_matches("sqlite://").to_owned();
+    let events = Arc::clone(events);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = rusqlite::Connection::open(path)?;
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
+                 next_attempt_at, received_at) VALUES ('sandbox', ?1, 'payment_approved', ?2, ?3, ?4, 0, 0)",
+            )?;
+            for i in 0..count {
+                let headers = format!(
+                    "content-type:application/json\nauthorization:{AUTH}\ncko-signature:{}\n",
+                    events.signatures[i]
+                );
+                insert.execute(rusqlite::params![
+                    format!("evt_backlog_{i}"),
+                    format!("tok_acc_backlog_{i}"),
+                    events.bodies[i].as_ref(),
+                    headers.into_bytes()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })
+    .await?
 }
 
 #[derive(Default)]

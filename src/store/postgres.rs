@@ -79,9 +79,17 @@ impl PgStore {
     }
 
     pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
-        rows::finish_query(claim.id, claim.attempt, &outcome)
-            .execute(&self.pool)
-            .await?;
+        let (sql, values) = rows::finish_statement(claim.id, claim.attempt, &outcome);
+        let mut query = sqlx::query(sql);
+        for value in values {
+            query = match value {
+                rows::Value::Int(n) => query.bind(n),
+                rows::Value::Text(t) => query.bind(t),
+                rows::Value::Blob(b) => query.bind(b),
+                rows::Value::Null => query.bind(None::<&str>),
+            };
+        }
+        query.execute(&self.pool).await?;
         Ok(())
     }
 

@@ -42,24 +42,42 @@ pub const FINISH_RETRY: &str = "UPDATE deliveries SET next_attempt_at = $3, last
 pub const FINISH_DEAD: &str = "UPDATE deliveries SET status = 'dead', last_error = $3, \
      leased_until = NULL WHERE id = $1 AND attempts = $2 AND status = 'pending'";
 
-/// The update that records how an attempt ended.
-pub fn finish_query<'q, DB>(
+/// A bound value, so both backends bind the same parameters from one place.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+    Null,
+}
+
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        text.map_or(Value::Null, Value::Text)
+    }
+}
+
+/// The update that records how an attempt ended, and its `$N` values in order.
+pub fn finish_statement(
     id: DeliveryId,
     attempt: u32,
-    outcome: &'q Outcome,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let query = |sql| sqlx::query(sql).bind(id.0).bind(i64::from(attempt));
+    outcome: &Outcome,
+) -> (&'static str, Vec<Value<'_>>) {
+    let key = [Value::Int(id.0), Value::Int(i64::from(attempt))];
     match outcome {
-        Outcome::Delivered { at, status } => {
-            query(FINISH_DELIVERED).bind(at.0).bind(i64::from(*status))
-        }
-        Outcome::Retry { at, error } => query(FINISH_RETRY).bind(at.0).bind(error.as_str()),
-        Outcome::Dead { error } => query(FINISH_DEAD).bind(error.as_str()),
+        Outcome::Delivered { at, status } => (
+            FINISH_DELIVERED,
+            [
+                &key[..],
+                &[Value::Int(at.0), Value::Int(i64::from(*status))],
+            ]
+            .concat(),
+        ),
+        Outcome::Retry { at, error } => (
+            FINISH_RETRY,
+            [&key[..], &[Value::Int(at.0), Value::Text(error)]].concat(),
+        ),
+        Outcome::Dead { error } => (FINISH_DEAD, [&key[..], &[Value::Text(error)]].concat()),
     }
 }
 
@@ -107,14 +125,14 @@ pub fn list_binds(filter: &ListFilter) -> (Option<&'static str>, Option<&str>, O
 
 #[derive(sqlx::FromRow)]
 pub struct ClaimRow {
-    id: i64,
-    environment: String,
-    event_id: String,
-    body: Vec<u8>,
-    headers: Vec<u8>,
-    attempts: i64,
-    attempts_base: i64,
-    received_at: i64,
+    pub(super) id: i64,
+    pub(super) environment: String,
+    pub(super) event_id: String,
+    pub(super) body: Vec<u8>,
+    pub(super) headers: Vec<u8>,
+    pub(super) attempts: i64,
+    pub(super) attempts_base: i64,
+    pub(super) received_at: i64,
 }
 
 impl TryFrom<ClaimRow> for Claimed {
@@ -141,17 +159,17 @@ impl TryFrom<ClaimRow> for Claimed {
 
 #[derive(sqlx::FromRow)]
 pub struct DeliveryRow {
-    id: i64,
-    environment: String,
-    event_id: String,
-    event_type: String,
-    accelerate_token: String,
-    status: String,
-    attempts: i64,
-    next_attempt_at: i64,
-    last_error: Option<String>,
-    received_at: i64,
-    delivered_at: Option<i64>,
+    pub(super) id: i64,
+    pub(super) environment: String,
+    pub(super) event_id: String,
+    pub(super) event_type: String,
+    pub(super) accelerate_token: String,
+    pub(super) status: String,
+    pub(super) attempts: i64,
+    pub(super) next_attempt_at: i64,
+    pub(super) last_error: Option<String>,
+    pub(super) received_at: i64,
+    pub(super) delivered_at: Option<i64>,
 }
 
 impl From<DeliveryRow> for Delivery {

@@ -1,26 +1,31 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
 //!
-//! Every write goes through one writer task that takes whatever is waiting and
-//! commits it in one transaction (group commit): one fsync serves many events,
-//! and each caller is answered only after that commit returned.
+//! Every write goes through one writer thread that takes whatever is waiting
+//! and commits it in one transaction (group commit): one fsync serves many
+//! events, and each caller is answered only after that commit returned. The
+//! thread owns its connection, so a batch costs one wake-up, not one
+//! cross-thread hop per statement.
 
 use std::fs::File;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{self, ClaimRow, DeliveryRow};
+use super::rows::{self, ClaimRow, DeliveryRow, Value};
 use super::{
     Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, Role, StoreError,
     Timestamp,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Schema versions, applied in order and recorded in `PRAGMA user_version`.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_deliveries.sql"),
+    include_str!("../../migrations/sqlite/0002_due_index_first.sql"),
+];
 
 /// Most operations one transaction commits together.
 const MAX_BATCH: usize = 512;
@@ -35,10 +40,12 @@ const PURGE_CHUNK: i64 = 1000;
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Op>,
-    readers: SqlitePool,
+    /// Reads (listing, next due time, probes, checkpoints) on a connection of their own.
+    reader: Arc<Mutex<Connection>>,
     /// False while the last batch failed to commit (full disk, I/O error): the
     /// database still reads, but the relay cannot accept anything.
     committing: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -67,53 +74,55 @@ impl SqliteStore {
     /// `Role::Service` owns the file (lock, lease reset, checkpoints); `Role::Tool`
     /// is the CLI working beside a running relay and only reads and updates rows.
     pub async fn open(url: &str, role: Role) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            // Checkpoints run in the background (below), not on a commit that a
-            // webhook is waiting for; this is only the backstop.
-            .pragma("wal_autocheckpoint", "20000")
-            .pragma("journal_size_limit", "67108864");
+        let path = path_of(url);
         let lock = match role {
-            Role::Service => lock_file(&options)?,
+            Role::Service => lock_file(&path)?,
             Role::Tool => None,
         };
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.clone())
-            .await?;
-        MIGRATOR.run(&readers).await?;
-        let mut conn = SqliteConnection::connect_with(&options).await?;
-        if role == Role::Service {
-            // One process owns this file (the lock above), so no attempt is really
-            // in flight: make every delivery cut short by a crash due at once.
-            sqlx::query(
-                "UPDATE deliveries SET next_attempt_at = $1, leased_until = NULL \
-                 WHERE status = 'pending' AND leased_until IS NOT NULL",
-            )
-            .bind(Timestamp::now().0)
-            .execute(&mut conn)
-            .await?;
-            tokio::spawn(checkpoint_loop(readers.clone()));
-        }
-        let (writer, rx) = mpsc::channel(QUEUE);
-        let committing = Arc::new(AtomicBool::new(true));
-        tokio::spawn(write_loop(
-            Writer {
-                options,
-                conn: Some(conn),
-                committing: Arc::clone(&committing),
-                _lock: lock,
-            },
-            rx,
-        ));
-        Ok(Self {
-            writer,
-            readers,
-            committing,
+        let (conn, reader) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> Result<(Connection, Connection), StoreError> {
+                let mut conn = connect(&path)?;
+                migrate(&mut conn)?;
+                if role == Role::Service {
+                    // One process owns this file (the lock above), so no attempt is
+                    // really in flight: make every delivery cut short by a crash due now.
+                    conn.execute(
+                        "UPDATE deliveries SET next_attempt_at = ?1, leased_until = NULL \
+                         WHERE status = 'pending' AND leased_until IS NOT NULL",
+                        [Timestamp::now().0],
+                    )?;
+                }
+                Ok((conn, connect(&path)?))
+            }
         })
+        .await
+        .map_err(|e| StoreError::Commit(format!("opening the database panicked: {e}")))??;
+
+        let reader = Arc::new(Mutex::new(reader));
+        let committing = Arc::new(AtomicBool::new(true));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (writer, rx) = mpsc::channel(QUEUE);
+        let state = Writer {
+            path,
+            conn: Some(conn),
+            committing: Arc::clone(&committing),
+            _lock: lock,
+        };
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_loop(state, rx))
+            .map_err(|e| StoreError::Commit(format!("cannot start the writer thread: {e}")))?;
+        let store = Self {
+            writer,
+            reader,
+            committing,
+            closed,
+        };
+        if role == Role::Service {
+            tokio::spawn(checkpoint_loop(store.clone()));
+        }
+        Ok(store)
     }
 
     pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
@@ -168,34 +177,52 @@ impl SqliteStore {
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let due: Option<i64> = sqlx::query_scalar(rows::NEXT_DUE)
-            .fetch_one(&self.readers)
-            .await?;
-        Ok(due.map(Timestamp))
+        self.read(|conn| {
+            let due: Option<i64> = conn.query_row(rows::NEXT_DUE, [], |row| row.get(0))?;
+            Ok(due.map(Timestamp))
+        })
+        .await
     }
 
     pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        let row: Option<DeliveryRow> = sqlx::query_as(&rows::get_sql())
-            .bind(id.0)
-            .fetch_optional(&self.readers)
-            .await?;
-        Ok(row.map(Delivery::from))
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&rows::get_sql())?;
+            bind(&mut stmt, &[Value::Int(id.0)])?;
+            let mut found = stmt.raw_query();
+            Ok(match found.next()? {
+                Some(row) => Some(Delivery::from(delivery_row(row)?)),
+                None => None,
+            })
+        })
+        .await
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
-        let (status, token, event_id, limit) = rows::list_binds(filter);
-        let found: Vec<DeliveryRow> = sqlx::query_as(&rows::list_sql())
-            .bind(status)
-            .bind(token)
-            .bind(event_id)
-            .bind(limit)
-            .fetch_all(&self.readers)
-            .await?;
-        Ok(found.into_iter().map(Delivery::from).collect())
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let (status, token, event_id, limit) = rows::list_binds(&filter);
+            let mut stmt = conn.prepare_cached(&rows::list_sql())?;
+            bind(
+                &mut stmt,
+                &[
+                    status.into(),
+                    token.into(),
+                    event_id.into(),
+                    Value::Int(limit),
+                ],
+            )?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(Delivery::from(delivery_row(row)?));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer.is_closed() {
+        if self.closed.load(Ordering::Relaxed) || self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
         if !self.committing.load(Ordering::Relaxed) {
@@ -203,16 +230,16 @@ impl SqliteStore {
                 "the last write did not commit (disk full or I/O error?)".to_owned(),
             ));
         }
-        sqlx::query("SELECT 1").execute(&self.readers).await?;
-        Ok(())
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 
     pub async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if self.writer.send(Op::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        self.readers.close().await;
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -223,12 +250,71 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Runs `f` on the read connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("a read panicked: {e}")))?
+    }
+}
+
+/// `sqlite://relay.db`, `sqlite:///var/lib/relay.db`, `sqlite:relay.db?mode=rwc` → the path.
+fn path_of(url: &str) -> PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    PathBuf::from(rest.split('?').next().unwrap_or(rest))
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // Checkpoints run in the background (below), not on a commit a webhook is
+    // waiting for; this is only the backstop.
+    conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+    conn.pragma_update(None, "journal_size_limit", 67_108_864)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Commit(format!(
+            "the database schema is version {version}, newer than this relay knows ({}); run a newer relay",
+            MIGRATIONS.len()
+        )));
+    }
+    for sql in &MIGRATIONS[version..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Holds an exclusive lock beside the database for as long as the writer runs:
 /// two relays on one SQLite file would each release the other's leases.
-fn lock_file(options: &SqliteConnectOptions) -> Result<Option<Arc<File>>, StoreError> {
-    let path = options.get_filename();
+fn lock_file(path: &Path) -> Result<Option<File>, StoreError> {
     if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
         return Ok(None);
     }
@@ -239,28 +325,33 @@ fn lock_file(options: &SqliteConnectOptions) -> Result<Option<Arc<File>>, StoreE
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| StoreError::Commit(format!("cannot open {}: {e}", lock_path.display())))?;
+        .map_err(|e| {
+            StoreError::Commit(format!(
+                "cannot open {}: {e}",
+                Path::new(&lock_path).display()
+            ))
+        })?;
     file.try_lock().map_err(|_| {
         StoreError::Commit(format!(
             "another relay process is using {}; run one relay per SQLite file, or use PostgreSQL for several",
             path.display()
         ))
     })?;
-    Ok(Some(Arc::new(file)))
+    Ok(Some(file))
 }
 
-/// The writer task's own state.
+/// The writer thread's own state.
 struct Writer {
-    options: SqliteConnectOptions,
+    path: PathBuf,
     /// `None` after a failed batch, until the next batch reconnects.
-    conn: Option<SqliteConnection>,
+    conn: Option<Connection>,
     committing: Arc<AtomicBool>,
     /// Held for as long as the writer runs.
-    _lock: Option<Arc<File>>,
+    _lock: Option<File>,
 }
 
-async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Op>) {
-    while let Some(first) = rx.recv().await {
+fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -277,14 +368,12 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Op>) {
             }
         }
         if !ops.is_empty() {
-            writer.commit_batch(ops).await;
+            writer.commit_batch(ops);
         }
         if let Some(done) = close {
             // Requests that race the close are answered "closed" by the dropped receiver.
             rx.close();
-            if let Some(conn) = writer.conn.take() {
-                let _ = conn.close().await;
-            }
+            drop(writer.conn.take());
             let _ = done.send(());
             return;
         }
@@ -297,35 +386,33 @@ impl Writer {
     /// gets the error.
     ///
     /// After a failure the connection is thrown away and the next batch opens a
-    /// new one. Seen in the full-disk test: after one SQLITE_FULL, later commits
-    /// on the same connection reported success, yet were gone after `kill -9`
-    /// (SQLite rolls such a transaction back by itself, and sqlx's own count of
-    /// open transactions no longer matches it). A fresh connection has no such state.
-    async fn commit_batch(&mut self, ops: Vec<Op>) {
-        let result = match &mut self.conn {
-            Some(conn) => run_batch(conn, &ops).await,
-            None => match SqliteConnection::connect_with(&self.options).await {
-                Ok(fresh) => run_batch(self.conn.insert(fresh), &ops).await,
-                Err(e) => Err(e),
-            },
-        };
+    /// new one, so no state of the failed transaction can leak into the next.
+    /// (With sqlx, we saw commits after a SQLITE_FULL report success and vanish
+    /// on `kill -9`; the full-disk test guards this.)
+    fn commit_batch(&mut self, ops: Vec<Op>) {
+        let result = match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => connect(&self.path),
+        }
+        .and_then(|mut conn| {
+            let done = run_batch(&mut conn, &ops).map_err(StoreError::from);
+            if done.is_ok() {
+                self.conn = Some(conn);
+            }
+            done
+        });
         let failure = result.as_ref().err().map(ToString::to_string);
         self.committing.store(failure.is_none(), Ordering::Relaxed);
         if let Some(reason) = &failure {
             tracing::error!(error = %reason, operations = ops.len(), "store commit failed; the batch was rolled back and the writer reconnects");
-            self.conn = None;
         }
-        answer_all(ops, result, failure.as_deref());
-    }
-}
-
-fn answer_all(ops: Vec<Op>, result: Result<Vec<Done>, sqlx::Error>, failure: Option<&str>) {
-    let mut done = result.unwrap_or_default().into_iter();
-    for op in ops {
-        op.answer(match failure {
-            None => Ok(done.next()),
-            Some(reason) => Err(reason),
-        });
+        let mut done = result.unwrap_or_default().into_iter();
+        for op in ops {
+            op.answer(match failure.as_deref() {
+                None => Ok(done.next()),
+                Some(reason) => Err(reason),
+            });
+        }
     }
 }
 
@@ -337,76 +424,135 @@ enum Done {
     Count(u64),
 }
 
-async fn run_batch(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Done>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
+fn run_batch(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(ops.len());
     for op in ops {
-        done.push(apply(&mut tx, op).await?);
+        done.push(apply(&tx, op)?);
     }
-    tx.commit().await?;
+    tx.commit()?;
     Ok(done)
 }
 
-async fn apply(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> {
+fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
     Ok(match op {
         Op::Accept(event, _) => {
-            let id: Option<i64> = sqlx::query_scalar(rows::ACCEPT)
-                .bind(event.environment.as_str())
-                .bind(event.event_id.as_str())
-                .bind(event.event_type.as_str())
-                .bind(event.token.as_str())
-                .bind(event.body.as_ref())
-                .bind(event.headers.encode())
-                .bind(event.received_at.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let mut stmt = conn.prepare_cached(rows::ACCEPT)?;
+            bind(
+                &mut stmt,
+                &[
+                    Value::Text(event.environment.as_str()),
+                    Value::Text(event.event_id.as_str()),
+                    Value::Text(event.event_type.as_str()),
+                    Value::Text(event.token.as_str()),
+                    Value::Blob(event.body.as_ref()),
+                    Value::Blob(&event.headers.encode()),
+                    Value::Int(event.received_at.0),
+                ],
+            )?;
+            let mut inserted = stmt.raw_query();
+            let id: Option<i64> = match inserted.next()? {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            };
             Done::Accepted(id.map_or(Accepted::Duplicate, |id| Accepted::New(DeliveryId(id))))
         }
         Op::Claim {
             now, lease, limit, ..
-        } => Done::Claimed(
-            sqlx::query_as(&rows::claim_sql(false))
-                .bind(now.plus(*lease).0)
-                .bind(now.0)
-                .bind(i64::from(*limit))
-                .fetch_all(&mut *tx)
-                .await?,
-        ),
+        } => {
+            let mut stmt = conn.prepare_cached(&rows::claim_sql(false))?;
+            bind(
+                &mut stmt,
+                &[
+                    Value::Int(now.plus(*lease).0),
+                    Value::Int(now.0),
+                    Value::Int(i64::from(*limit)),
+                ],
+            )?;
+            let mut found = stmt.raw_query();
+            let mut claimed = Vec::new();
+            while let Some(row) = found.next()? {
+                claimed.push(ClaimRow {
+                    id: row.get(0)?,
+                    environment: row.get(1)?,
+                    event_id: row.get(2)?,
+                    body: row.get(3)?,
+                    headers: row.get(4)?,
+                    attempts: row.get(5)?,
+                    attempts_base: row.get(6)?,
+                    received_at: row.get(7)?,
+                });
+            }
+            Done::Claimed(claimed)
+        }
         Op::Finish {
             id,
             attempt,
             outcome,
             ..
         } => {
-            rows::finish_query(*id, *attempt, outcome)
-                .execute(&mut *tx)
-                .await?;
+            let (sql, values) = rows::finish_statement(*id, *attempt, outcome);
+            let mut stmt = conn.prepare_cached(sql)?;
+            bind(&mut stmt, &values)?;
+            stmt.raw_execute()?;
             Done::Finished
         }
-        Op::Retry(id, now, _) => Done::Count(
-            sqlx::query(rows::RETRY_ONE)
-                .bind(id.0)
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        ),
-        Op::RetryDead(now, _) => Done::Count(
-            sqlx::query(rows::RETRY_DEAD)
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        ),
-        Op::Purge(before, _) => Done::Count(
-            sqlx::query(rows::PURGE_DELIVERED)
-                .bind(before.0)
-                .bind(PURGE_CHUNK)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        ),
+        Op::Retry(id, now, _) => Done::Count(execute(
+            conn,
+            rows::RETRY_ONE,
+            &[Value::Int(id.0), Value::Int(now.0)],
+        )?),
+        Op::RetryDead(now, _) => {
+            Done::Count(execute(conn, rows::RETRY_DEAD, &[Value::Int(now.0)])?)
+        }
+        Op::Purge(before, _) => Done::Count(execute(
+            conn,
+            rows::PURGE_DELIVERED,
+            &[Value::Int(before.0), Value::Int(PURGE_CHUNK)],
+        )?),
         Op::Close(_) => Done::Finished,
+    })
+}
+
+fn execute(conn: &Connection, sql: &str, values: &[Value<'_>]) -> rusqlite::Result<u64> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, values)?;
+    Ok(stmt.raw_execute()? as u64)
+}
+
+/// The shared SQL names its parameters `$1`, `$2`…; bind by those names, since
+/// SQLite numbers parameters in order of first appearance.
+fn bind(stmt: &mut Statement<'_>, values: &[Value<'_>]) -> rusqlite::Result<()> {
+    for (i, value) in values.iter().enumerate() {
+        let at = index(stmt, i + 1)?;
+        match value {
+            Value::Int(n) => stmt.raw_bind_parameter(at, n)?,
+            Value::Text(t) => stmt.raw_bind_parameter(at, t)?,
+            Value::Blob(b) => stmt.raw_bind_parameter(at, b)?,
+            Value::Null => stmt.raw_bind_parameter(at, rusqlite::types::Null)?,
+        }
+    }
+    Ok(())
+}
+
+fn index(stmt: &Statement<'_>, n: usize) -> rusqlite::Result<usize> {
+    stmt.parameter_index(&format!("${n}"))?
+        .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("${n}")))
+}
+
+fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: row.get(0)?,
+        environment: row.get(1)?,
+        event_id: row.get(2)?,
+        event_type: row.get(3)?,
+        accelerate_token: row.get(4)?,
+        status: row.get(5)?,
+        attempts: row.get(6)?,
+        next_attempt_at: row.get(7)?,
+        last_error: row.get(8)?,
+        received_at: row.get(9)?,
+        delivered_at: row.get(10)?,
     })
 }
 
@@ -451,19 +597,25 @@ impl Op {
 }
 
 /// Keeps the WAL short without making a committing request wait for it.
-async fn checkpoint_loop(readers: SqlitePool) {
+async fn checkpoint_loop(store: SqliteStore) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if readers.is_closed() {
+        if store.closed.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&readers)
-            .await
-        {
+        let checkpoint = store
+            .read(|conn| Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?))
+            .await;
+        if let Err(e) = checkpoint {
             tracing::debug!(error = %e, "background WAL checkpoint failed; will try again");
         }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Commit(e.to_string())
     }
 }

@@ -59,43 +59,44 @@ impl TestDb {
 
     /// A delivery's status as committed, read over a connection of the test's own.
     pub async fn status(&self, event_id: &str) -> Option<String> {
-        let sql = "SELECT status FROM deliveries WHERE event_id = $1";
         match self.backend {
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                    .await
-                    .expect("open");
-                sqlx::query_scalar(sql)
-                    .bind(event_id)
-                    .fetch_optional(&mut conn)
-                    .await
+                use rusqlite::OptionalExtension;
+                self.sqlite()
+                    .query_row(
+                        "SELECT status FROM deliveries WHERE event_id = ?1",
+                        [event_id],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .expect("read deliveries")
             }
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
-                sqlx::query_scalar(sql)
+                sqlx::query_scalar("SELECT status FROM deliveries WHERE event_id = $1")
                     .bind(event_id)
                     .fetch_optional(&mut conn)
                     .await
+                    .expect("read deliveries")
             }
         }
-        .expect("read deliveries")
     }
 
     pub async fn count(&self) -> i64 {
         let sql = "SELECT COUNT(*) FROM deliveries";
         match self.backend {
-            Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                    .await
-                    .expect("open");
-                sqlx::query_scalar(sql).fetch_one(&mut conn).await
-            }
+            Backend::Sqlite => self
+                .sqlite()
+                .query_row(sql, [], |row| row.get(0))
+                .expect("count deliveries"),
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
-                sqlx::query_scalar(sql).fetch_one(&mut conn).await
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count deliveries")
             }
         }
-        .expect("count deliveries")
     }
 
     /// Makes every insert fail, as a full disk or a broken database would.
@@ -123,10 +124,16 @@ impl TestDb {
     }
 
     async fn execute_sqlite(&self, sql: &str) {
-        let mut conn = sqlx::SqliteConnection::connect(&self.url)
-            .await
-            .expect("open");
-        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        self.sqlite().execute_batch(sql).expect(sql);
+    }
+
+    /// A connection of the test's own to the relay's SQLite file.
+    fn sqlite(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.dir.path().join("relay.db"))
+            .expect("open the relay's database");
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .expect("busy timeout");
+        conn
     }
 
     async fn execute_postgres(&self, sql: &str) {

@@ -118,12 +118,14 @@ pub fn db_path(dir: &Path) -> PathBuf {
 
 /// Status of each delivery on disk, read with a connection of the test's own.
 pub async fn statuses(dir: &Path) -> Vec<(String, String)> {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db_path(dir).display()))
-        .await
-        .expect("open the relay's database");
-    sqlx::query_as("SELECT event_id, status FROM deliveries ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .expect("read deliveries")
+    let conn = rusqlite::Connection::open(db_path(dir)).expect("open the relay's database");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    let mut stmt = conn
+        .prepare("SELECT event_id, status FROM deliveries ORDER BY id")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("read deliveries");
+    rows.map(|r| r.expect("row")).collect()
 }
