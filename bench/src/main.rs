@@ -47,6 +47,9 @@ struct Args {
     no_postgres: bool,
     #[arg(long)]
     no_nginx: bool,
+    /// The relay binary to measure (the release build unless told otherwise).
+    #[arg(long)]
+    relay_binary: Option<std::path::PathBuf>,
 }
 
 const WEBHOOK: &str = "/webhooks/checkoutdotcom/sandbox";
@@ -59,6 +62,9 @@ async fn main() -> anyhow::Result<()> {
         args.scale_rows = args.scale_rows.min(10_000);
         args.backlog = args.backlog.min(2_000);
         args.rate = args.rate.min(500);
+    }
+    if let Some(binary) = &args.relay_binary {
+        procs::set_relay_binary(binary.clone());
     }
     let clock = Clock(Instant::now());
     let duration = Duration::from_secs(args.seconds);
@@ -141,6 +147,15 @@ async fn main() -> anyhow::Result<()> {
     scale_run(&args, &events, clock, &work, &mut report, empty_latency).await?;
 
     report.print(&args);
+    if args.smoke {
+        // The smoke run proves the benchmark still works, not how fast it is.
+        let broken = report.fixed.iter().any(|r| r.accepted == 0 || !r.drained)
+            || report.full.iter().any(|r| r.rate <= 0.0);
+        anyhow::ensure!(
+            !broken,
+            "smoke run: a phase accepted nothing or did not deliver everything"
+        );
+    }
     Ok(())
 }
 

@@ -68,8 +68,17 @@ async fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<
     bail!("{what} did not come up on {addr}")
 }
 
+static RELAY_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Measures another build (CI's smoke run uses the debug build it already has).
+pub fn set_relay_binary(path: PathBuf) {
+    let _ = RELAY_BINARY.set(path);
+}
+
 pub fn relay_binary() -> anyhow::Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/accelerate-relay");
+    let path = RELAY_BINARY.get().cloned().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/accelerate-relay")
+    });
     if !path.exists() {
         bail!(
             "{} is missing: run `cargo build --release` first (bench/run.sh does)",

@@ -32,6 +32,22 @@ pub async fn receive_in(
     respond(Some(path.as_str()), &req, payload, &state).await
 }
 
+pub async fn receive_sandbox(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(Some("sandbox"), &req, payload, &state).await
+}
+
+pub async fn receive_production(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(Some("production"), &req, payload, &state).await
+}
+
 /// The bare URL: the one configured environment, 404 when both are.
 pub async fn receive_default(
     req: HttpRequest,
