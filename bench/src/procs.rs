@@ -92,8 +92,13 @@ pub fn relay_binary() -> anyhow::Result<PathBuf> {
 pub async fn start_relay(database_url: &str, accelerate: &str, log: &Path) -> anyhow::Result<Proc> {
     let addr = free_addr()?;
     let log = std::fs::File::create(log)?;
-    let child = Command::new(relay_binary()?)
-        .env_clear()
+    let mut command = Command::new(relay_binary()?);
+    command.env_clear();
+    // RUST_LOG passes through, to measure what logging costs.
+    if let Ok(level) = std::env::var("RUST_LOG") {
+        command.env("RUST_LOG", level);
+    }
+    let child = command
         .env("RELAY_LISTEN", addr.to_string())
         .env("RELAY_DATABASE_URL", database_url)
         .env("CKO_SANDBOX_AUTHORIZATION_KEY", AUTH)
