@@ -296,6 +296,28 @@ async fn resent_event_is_duplicate_and_forwarded_once(backend: Backend) {
     app.stop().await;
 }
 
+async fn the_same_event_sent_many_times_at_once_is_accepted_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| app.send_json("sandbox", fixture(APPROVED))),
+    )
+    .await;
+    let accepted = answers
+        .iter()
+        .filter(|(_, b)| b["status"] == "accepted")
+        .count();
+    let duplicates = answers
+        .iter()
+        .filter(|(_, b)| b["status"] == "duplicate")
+        .count();
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+    assert_eq!((accepted, duplicates), (1, 19));
+    app.sandbox.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.sandbox.received().len(), 1);
+    app.stop().await;
+}
+
 async fn same_event_id_in_the_other_environment_is_not_a_duplicate(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let body = approved_event("evt_both");
@@ -384,6 +406,7 @@ on_both_stores!(
     events_without_a_token_are_ignored_and_never_stored,
     accepted_event_is_on_disk_when_answered,
     resent_event_is_duplicate_and_forwarded_once,
+    the_same_event_sent_many_times_at_once_is_accepted_once,
     same_event_id_in_the_other_environment_is_not_a_duplicate,
     every_rotated_key_is_accepted,
     store_that_cannot_commit_answers_503_and_recovers,

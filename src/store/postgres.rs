@@ -5,11 +5,17 @@
 //! LOCKED` and set a lease, so replicas never wait on each other and never
 //! claim the same delivery while an attempt is in flight; a replica killed
 //! mid-attempt leaves a lease that expires, and any replica claims it again.
+//!
+//! Accepts are committed in groups: one task per replica takes the webhooks
+//! waiting and inserts them with one statement, so PostgreSQL flushes its WAL
+//! once for the group instead of once per webhook.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{self, ClaimRow, DeliveryRow};
 use super::{
@@ -21,11 +27,24 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// Rows deleted per purge statement.
 const PURGE_CHUNK: i64 = 1000;
+/// Most webhooks one insert commits together.
+const MAX_GROUP: usize = 512;
+
+/// Inserts a group of events in one statement (one commit, one WAL flush).
+/// Rows that collide with a stored event are skipped; what is inserted comes back.
+const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
+     (environment, event_id, event_type, accelerate_token, body, headers, next_attempt_at, received_at) \
+     SELECT e, i, t, k, b, h, r, r FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::bytea[], $6::bytea[], $7::int8[]) AS u(e, i, t, k, b, h, r) \
+     ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
+
+type AcceptReply = oneshot::Sender<Result<Accepted, StoreError>>;
 
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     timeout: Duration,
+    accepts: mpsc::Sender<(NewEvent, AcceptReply)>,
 }
 
 impl PgStore {
@@ -43,24 +62,30 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, timeout })
+        let (accepts, rx) = mpsc::channel(MAX_GROUP * 8);
+        // The task ends when the last clone of the store (and its sender) is gone.
+        tokio::spawn(accept_groups(pool.clone(), timeout, rx));
+        Ok(Self {
+            pool,
+            timeout,
+            accepts,
+        })
     }
 
-    /// One statement in its own transaction: when it returns, PostgreSQL has
-    /// flushed the commit (`synchronous_commit` on, its default), and concurrent
-    /// commits share WAL flushes.
+    /// `Ok` once the event's group is committed: PostgreSQL has flushed the
+    /// commit (`synchronous_commit` on, its default) when the insert returns.
     pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
-        let insert = sqlx::query_scalar::<_, i64>(rows::ACCEPT)
-            .bind(event.environment.as_str())
-            .bind(event.event_id.as_str())
-            .bind(event.event_type.as_str())
-            .bind(event.token.as_str())
-            .bind(event.body.as_ref())
-            .bind(event.headers.encode())
-            .bind(event.received_at.0)
-            .fetch_optional(&self.pool);
-        let id = self.bounded(insert).await?;
-        Ok(id.map_or(Accepted::Duplicate, |id| Accepted::New(DeliveryId(id))))
+        let (reply, answer) = oneshot::channel();
+        let queued = async {
+            self.accepts
+                .send((event, reply))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        };
+        tokio::time::timeout(self.timeout, queued)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
     }
 
     pub async fn claim_due(
@@ -154,7 +179,7 @@ impl PgStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+        bounded(self.timeout, sqlx::query("SELECT 1").execute(&self.pool))
             .await
             .map(|_| ())
     }
@@ -162,16 +187,97 @@ impl PgStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    /// Caps a database call at the statement timeout, so a connection that
-    /// hangs (not refused, just silent) also ends in a 503.
-    async fn bounded<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(StoreError::from)
+async fn accept_groups(
+    pool: PgPool,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<(NewEvent, AcceptReply)>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        match insert_group(&pool, timeout, &group).await {
+            Ok(inserted) => answer_group(group, inserted),
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, webhooks = group.len(), "could not commit a group of webhooks; each is answered 503");
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::Commit(reason.clone())));
+                }
+            }
+        }
     }
+}
+
+async fn insert_group(
+    pool: &PgPool,
+    timeout: Duration,
+    group: &[(NewEvent, AcceptReply)],
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    let column =
+        |f: fn(&NewEvent) -> &str| -> Vec<&str> { group.iter().map(|(e, _)| f(e)).collect() };
+    let insert = sqlx::query_as::<_, (i64, String, String)>(ACCEPT_GROUP)
+        .bind(column(|e| e.environment.as_str()))
+        .bind(column(|e| e.event_id.as_str()))
+        .bind(column(|e| e.event_type.as_str()))
+        .bind(column(|e| e.token.as_str()))
+        .bind(
+            group
+                .iter()
+                .map(|(e, _)| e.body.as_ref())
+                .collect::<Vec<&[u8]>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|(e, _)| e.headers.encode())
+                .collect::<Vec<Vec<u8>>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|(e, _)| e.received_at.0)
+                .collect::<Vec<i64>>(),
+        )
+        .fetch_all(pool);
+    bounded(timeout, insert).await
+}
+
+/// Each webhook of a committed group learns whether it was the one inserted.
+/// The same event twice in one group is inserted once: the first is `New`,
+/// the others `Duplicate`, as if they had come one after the other.
+fn answer_group(group: Vec<(NewEvent, AcceptReply)>, inserted: Vec<(i64, String, String)>) {
+    let mut ids: HashMap<(String, String), i64> = inserted
+        .into_iter()
+        .map(|(id, event_id, environment)| ((event_id, environment), id))
+        .collect();
+    for (event, reply) in group {
+        let key = (
+            event.event_id.as_str().to_owned(),
+            event.environment.as_str().to_owned(),
+        );
+        let outcome = match ids.remove(&key) {
+            Some(id) => Accepted::New(DeliveryId(id)),
+            None => Accepted::Duplicate,
+        };
+        let _ = reply.send(Ok(outcome));
+    }
+}
+
+/// Caps a database call at the statement timeout, so a connection that hangs
+/// (not refused, just silent) also ends in a 503.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))?
+        .map_err(StoreError::from)
 }
