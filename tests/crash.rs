@@ -13,14 +13,7 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn send_to(relay: &RelayProcess, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let sig = sign(SANDBOX_SIG, &body);
-    let response = reqwest::Client::new()
-        .post(format!("{}/webhooks/checkoutdotcom/sandbox", relay.address))
-        .header("content-type", "application/json")
-        .header("authorization", SANDBOX_AUTH)
-        .header("cko-signature", sig)
-        .body(body)
-        .send()
+    let response = post_signed(&reqwest::Client::new(), &relay.address, "sandbox", body)
         .await
         .expect("the relay answers");
     answer(response).await

@@ -15,12 +15,7 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn send_to(client: &reqwest::Client, address: &str, body: Vec<u8>) -> u16 {
-    client
-        .post(format!("{address}/webhooks/checkoutdotcom/sandbox"))
-        .header("authorization", SANDBOX_AUTH)
-        .header("cko-signature", sign(SANDBOX_SIG, &body))
-        .body(body)
-        .send()
+    post_signed(client, address, "sandbox", body)
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
@@ -192,18 +187,6 @@ async fn full_disk_answers_503_never_2xx_and_recovers_when_space_is_freed() {
     ];
     let mut relay = RelayProcess::start(outer.path(), &down, &settings).await;
     let client = reqwest::Client::new();
-    let ready = |address: String| {
-        let client = client.clone();
-        async move {
-            let url = format!("{address}/readyz");
-            client
-                .get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
     assert_eq!(
         send_to(&client, &relay.address, approved_event("evt_before_full")).await,
         200
@@ -227,7 +210,7 @@ async fn full_disk_answers_503_never_2xx_and_recovers_when_space_is_freed() {
     );
     assert!(!refused.is_empty(), "a full disk must refuse with 503");
     assert_eq!(
-        ready(relay.address.clone()).await,
+        readyz(&client, &relay.address).await,
         503,
         "not ready while nothing can be committed"
     );
@@ -235,7 +218,7 @@ async fn full_disk_answers_503_never_2xx_and_recovers_when_space_is_freed() {
     // Space comes back: the same process recovers by itself.
     std::fs::remove_file(&filler).expect("free the space");
     assert!(
-        eventually(WAIT, || ready(relay.address.clone()).map(|s| s == 200)).await,
+        eventually(WAIT, || readyz(&client, &relay.address).map(|s| s == 200)).await,
         "ready again by itself"
     );
     let retried = refused.split_off(refused.len() / 2);

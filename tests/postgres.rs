@@ -52,14 +52,7 @@ async fn replicas(n: usize, vars: Vec<(String, String)>) -> Vec<Replica> {
 }
 
 async fn send(client: &reqwest::Client, address: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let sig = sign(SANDBOX_SIG, &body);
-    let response = client
-        .post(format!("{address}/webhooks/checkoutdotcom/sandbox"))
-        .header("content-type", "application/json")
-        .header("authorization", SANDBOX_AUTH)
-        .header("cko-signature", sig)
-        .body(body)
-        .send()
+    let response = post_signed(client, address, "sandbox", body)
         .await
         .expect("the replica answers");
     answer(response).await
@@ -212,18 +205,6 @@ async fn lost_database_answers_503_and_recovers_by_itself() {
     );
     let replica = replicas(1, vars).await.remove(0);
     let client = reqwest::Client::new();
-    let ready = |client: &reqwest::Client| {
-        let url = format!("{}/readyz", replica.address);
-        let client = client.clone();
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
 
     let (status, _) = send(&client, &replica.address, approved_event("evt_before")).await;
     assert_eq!(status, 200);
@@ -256,12 +237,15 @@ async fn lost_database_answers_503_and_recovers_by_itself() {
         "answered promptly: {:?}",
         started.elapsed()
     );
-    assert_eq!(ready(&client).await, 503);
+    assert_eq!(readyz(&client, &replica.address).await, 503);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
     assert!(
-        eventually(WAIT, || async { ready(&client).await == 200 }).await,
+        eventually(WAIT, || async {
+            readyz(&client, &replica.address).await == 200
+        })
+        .await,
         "ready again"
     );
     let (status, body) = send(&client, &replica.address, approved_event("evt_during")).await;

@@ -183,15 +183,9 @@ impl TestApp {
 
     /// Sends `body` to `/webhooks/checkoutdotcom/{env}` as Checkout.com would.
     pub async fn send(&self, env: &str, body: Vec<u8>) -> reqwest::Response {
-        let (auth, key) = keys_for(env);
-        let signature = sign(key, &body);
-        self.post(
-            &format!("/webhooks/checkoutdotcom/{env}"),
-            body,
-            Some(auth),
-            Some(&signature),
-        )
-        .await
+        post_signed(&self.client, &self.address, env, body)
+            .await
+            .expect("the relay answers")
     }
 
     pub async fn send_json(&self, env: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
@@ -211,6 +205,35 @@ impl TestApp {
     pub async fn status_on_disk(&self, event_id: &str) -> Option<String> {
         self.db.status(event_id).await
     }
+}
+
+/// POSTs `body` to `{address}/webhooks/checkoutdotcom/{env}` signed as
+/// Checkout.com would, with that environment's keys.
+pub async fn post_signed(
+    client: &reqwest::Client,
+    address: &str,
+    env: &str,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    let (auth, key) = keys_for(env);
+    client
+        .post(format!("{address}/webhooks/checkoutdotcom/{env}"))
+        .header("content-type", "application/json")
+        .header("authorization", auth)
+        .header("cko-signature", sign(key, &body))
+        .body(body)
+        .send()
+        .await
+}
+
+/// `/readyz`'s status, 0 when nothing answers.
+pub async fn readyz(client: &reqwest::Client, address: &str) -> u16 {
+    client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 pub async fn answer(response: reqwest::Response) -> (u16, serde_json::Value) {
