@@ -210,7 +210,10 @@ async fn no_log_line_answer_or_output_shows_a_secret_token_or_card_holder_data()
     relay.sigterm();
     let mut relay = relay;
     let exited = relay.exit_status(Duration::from_secs(15)).await;
-    assert!(exited.is_some_and(|s| s.success()), "the relay stops cleanly on SIGTERM");
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the relay stops cleanly on SIGTERM"
+    );
 
     let log = std::fs::read_to_string(dir.path().join("relay.log")).expect("log");
     let lines = log.lines().count();

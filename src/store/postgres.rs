@@ -6,9 +6,9 @@
 //! claim the same delivery while an attempt is in flight; a replica killed
 //! mid-attempt leaves a lease that expires, and any replica claims it again.
 //!
-//! Accepts are committed in groups: one task per replica takes the webhooks
-//! waiting and inserts them with one statement, so PostgreSQL flushes its WAL
-//! once for the group instead of once per webhook.
+//! Accepts and outcomes are committed in groups: one task per replica takes
+//! what is waiting and writes it with one statement, so PostgreSQL flushes its
+//! WAL once for the group instead of once per webhook.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -38,13 +38,12 @@ const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
      $5::bytea[], $6::bytea[], $7::int8[]) AS u(e, i, t, k, b, h, r) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
 
-type AcceptReply = oneshot::Sender<Result<Accepted, StoreError>>;
-
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     timeout: Duration,
-    accepts: mpsc::Sender<(NewEvent, AcceptReply)>,
+    accepts: Group<NewEvent, Accepted>,
+    finishes: Group<rows::FinishRow, ()>,
 }
 
 impl PgStore {
@@ -62,30 +61,26 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let (accepts, rx) = mpsc::channel(MAX_GROUP * 8);
-        // The task ends when the last clone of the store (and its sender) is gone.
-        tokio::spawn(accept_groups(pool.clone(), timeout, rx));
+        let accepts = Group::start("webhooks", {
+            let pool = pool.clone();
+            move |events: Vec<NewEvent>| insert_group(pool.clone(), timeout, events)
+        });
+        let finishes = Group::start("outcomes", {
+            let pool = pool.clone();
+            move |rows: Vec<rows::FinishRow>| finish_group(pool.clone(), timeout, rows)
+        });
         Ok(Self {
             pool,
             timeout,
             accepts,
+            finishes,
         })
     }
 
     /// `Ok` once the event's group is committed: PostgreSQL has flushed the
     /// commit (`synchronous_commit` on, its default) when the insert returns.
     pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let queued = async {
-            self.accepts
-                .send((event, reply))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
-        };
-        tokio::time::timeout(self.timeout, queued)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
+        self.accepts.submit(event, self.timeout).await
     }
 
     pub async fn claim_due(
@@ -104,18 +99,8 @@ impl PgStore {
     }
 
     pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
-        let (sql, values) = rows::finish_statement(claim.id, claim.attempt, &outcome);
-        let mut query = sqlx::query(sql);
-        for value in values {
-            query = match value {
-                rows::Value::Int(n) => query.bind(n),
-                rows::Value::Text(t) => query.bind(t),
-                rows::Value::Blob(b) => query.bind(b),
-                rows::Value::Null => query.bind(None::<&str>),
-            };
-        }
-        query.execute(&self.pool).await?;
-        Ok(())
+        let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome);
+        self.finishes.submit(row, self.timeout).await
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -189,85 +174,146 @@ impl PgStore {
     }
 }
 
-async fn accept_groups(
-    pool: PgPool,
-    timeout: Duration,
-    mut rx: mpsc::Receiver<(NewEvent, AcceptReply)>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        match insert_group(&pool, timeout, &group).await {
-            Ok(inserted) => answer_group(group, inserted),
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, webhooks = group.len(), "could not commit a group of webhooks; each is answered 503");
-                for (_, reply) in group {
-                    let _ = reply.send(Err(StoreError::Commit(reason.clone())));
-                }
-            }
+/// Commits what is waiting together: one task takes up to `MAX_GROUP` items,
+/// commits them with one statement, and answers each caller after the commit.
+/// PostgreSQL then flushes its WAL once per group instead of once per item.
+struct Group<T, R> {
+    queue: mpsc::Sender<(T, oneshot::Sender<Result<R, StoreError>>)>,
+}
+
+impl<T, R> Clone for Group<T, R> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
         }
     }
 }
 
+impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
+    /// `commit` must answer one result per item, in order. The task ends when
+    /// the last sender (the last clone of the store) is gone.
+    fn start<F, Fut>(what: &'static str, commit: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send,
+    {
+        let (queue, mut rx) =
+            mpsc::channel::<(T, oneshot::Sender<Result<R, StoreError>>)>(MAX_GROUP * 8);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<T>, Vec<_>) = group.into_iter().unzip();
+                match commit(items).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        tracing::error!(error = %reason, count = replies.len(), "could not commit a group of {what}");
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Commit(reason.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    async fn submit(&self, item: T, timeout: Duration) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let queued = async {
+            self.queue
+                .send((item, reply))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        };
+        tokio::time::timeout(timeout, queued)
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))?
+    }
+}
+
+/// Inserts the events and tells each whether it was the one inserted. The same
+/// event twice in one group is inserted once: the first is `New`, the others
+/// `Duplicate`, as if they had come one after the other.
 async fn insert_group(
-    pool: &PgPool,
+    pool: PgPool,
     timeout: Duration,
-    group: &[(NewEvent, AcceptReply)],
-) -> Result<Vec<(i64, String, String)>, StoreError> {
-    let column =
-        |f: fn(&NewEvent) -> &str| -> Vec<&str> { group.iter().map(|(e, _)| f(e)).collect() };
+    events: Vec<NewEvent>,
+) -> Result<Vec<Accepted>, StoreError> {
+    let text = |f: fn(&NewEvent) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
     let insert = sqlx::query_as::<_, (i64, String, String)>(ACCEPT_GROUP)
-        .bind(column(|e| e.environment.as_str()))
-        .bind(column(|e| e.event_id.as_str()))
-        .bind(column(|e| e.event_type.as_str()))
-        .bind(column(|e| e.token.as_str()))
+        .bind(text(|e| e.environment.as_str()))
+        .bind(text(|e| e.event_id.as_str()))
+        .bind(text(|e| e.event_type.as_str()))
+        .bind(text(|e| e.token.as_str()))
         .bind(
-            group
+            events
                 .iter()
-                .map(|(e, _)| e.body.as_ref())
+                .map(|e| e.body.as_ref())
                 .collect::<Vec<&[u8]>>(),
         )
         .bind(
-            group
+            events
                 .iter()
-                .map(|(e, _)| e.headers.encode())
+                .map(|e| e.headers.encode())
                 .collect::<Vec<Vec<u8>>>(),
         )
-        .bind(
-            group
-                .iter()
-                .map(|(e, _)| e.received_at.0)
-                .collect::<Vec<i64>>(),
-        )
-        .fetch_all(pool);
-    bounded(timeout, insert).await
-}
-
-/// Each webhook of a committed group learns whether it was the one inserted.
-/// The same event twice in one group is inserted once: the first is `New`,
-/// the others `Duplicate`, as if they had come one after the other.
-fn answer_group(group: Vec<(NewEvent, AcceptReply)>, inserted: Vec<(i64, String, String)>) {
-    let mut ids: HashMap<(String, String), i64> = inserted
+        .bind(events.iter().map(|e| e.received_at.0).collect::<Vec<i64>>())
+        .fetch_all(&pool);
+    let mut ids: HashMap<(String, String), i64> = bounded(timeout, insert)
+        .await?
         .into_iter()
         .map(|(id, event_id, environment)| ((event_id, environment), id))
         .collect();
-    for (event, reply) in group {
-        let key = (
-            event.event_id.as_str().to_owned(),
-            event.environment.as_str().to_owned(),
-        );
-        let outcome = match ids.remove(&key) {
-            Some(id) => Accepted::New(DeliveryId(id)),
-            None => Accepted::Duplicate,
-        };
-        let _ = reply.send(Ok(outcome));
-    }
+    Ok(events
+        .iter()
+        .map(|event| {
+            let key = (
+                event.event_id.as_str().to_owned(),
+                event.environment.as_str().to_owned(),
+            );
+            ids.remove(&key)
+                .map_or(Accepted::Duplicate, |id| Accepted::New(DeliveryId(id)))
+        })
+        .collect())
+}
+
+/// Records the outcomes; each is fenced by its attempt number as one alone would be.
+async fn finish_group(
+    pool: PgPool,
+    timeout: Duration,
+    rows: Vec<rows::FinishRow>,
+) -> Result<Vec<()>, StoreError> {
+    let sql = rows::finish_group_sql();
+    let update = sqlx::query(&sql)
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|r| r.attempt).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|r| r.status).collect::<Vec<&str>>())
+        .bind(rows.iter().map(|r| r.at).collect::<Vec<Option<i64>>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.http_status)
+                .collect::<Vec<Option<i64>>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.error.as_deref())
+                .collect::<Vec<Option<&str>>>(),
+        )
+        .execute(&pool);
+    bounded(timeout, update).await?;
+    Ok(vec![(); rows.len()])
 }
 
 /// Caps a database call at the statement timeout, so a connection that hangs

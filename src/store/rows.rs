@@ -32,15 +32,80 @@ pub fn claim_sql(skip_locked: bool) -> String {
     )
 }
 
-/// `$1` id, `$2` attempt number claimed (the fence against a lost lease).
-pub const FINISH_DELIVERED: &str =
-    "UPDATE deliveries SET status = 'delivered', delivered_at = $3, \
-     last_status = $4, last_error = NULL, leased_until = NULL \
-     WHERE id = $1 AND attempts = $2 AND status = 'pending'";
-pub const FINISH_RETRY: &str = "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, \
-     leased_until = NULL WHERE id = $1 AND attempts = $2 AND status = 'pending'";
-pub const FINISH_DEAD: &str = "UPDATE deliveries SET status = 'dead', last_error = $3, \
-     leased_until = NULL WHERE id = $1 AND attempts = $2 AND status = 'pending'";
+/// The columns an outcome sets, written once for both the single-row update
+/// (SQLite) and the grouped one (PostgreSQL). The arguments name where the new
+/// status, time, Accelerate's status and the error come from.
+fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String {
+    format!(
+        "status = {status}, \
+         next_attempt_at = CASE WHEN {status} = 'pending' THEN {at} ELSE next_attempt_at END, \
+         delivered_at = CASE WHEN {status} = 'delivered' THEN {at} ELSE delivered_at END, \
+         last_status = COALESCE({http_status}, last_status), last_error = {error}, leased_until = NULL"
+    )
+}
+
+/// Records one outcome: `$1` id, `$2` attempt number claimed (the fence
+/// against a lost lease), then `FinishRow`'s values.
+pub fn finish_one_sql() -> String {
+    format!(
+        "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending'",
+        finish_set("$3", "$4", "$5", "$6")
+    )
+}
+
+/// Records a group of outcomes in one statement (PostgreSQL), arrays in `FinishRow`'s order.
+pub fn finish_group_sql() -> String {
+    format!(
+        "UPDATE deliveries SET {} FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], \
+         $5::int8[], $6::text[]) AS u(f_id, f_attempt, f_status, f_at, f_http, f_error) \
+         WHERE id = f_id AND attempts = f_attempt AND status = 'pending'",
+        finish_set("f_status", "f_at", "f_http", "f_error")
+    )
+}
+
+/// An outcome as stored.
+#[derive(Clone, Debug)]
+pub struct FinishRow {
+    pub id: i64,
+    pub attempt: i64,
+    pub status: &'static str,
+    pub at: Option<i64>,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl FinishRow {
+    pub fn new(id: DeliveryId, attempt: u32, outcome: &Outcome) -> Self {
+        let (status, at, http_status, error) = match outcome {
+            Outcome::Delivered { at, status } => {
+                ("delivered", Some(at.0), Some(i64::from(*status)), None)
+            }
+            Outcome::Retry { at, error } => ("pending", Some(at.0), None, Some(error.clone())),
+            Outcome::Dead { error } => ("dead", None, None, Some(error.clone())),
+        };
+        Self {
+            id: id.0,
+            attempt: i64::from(attempt),
+            status,
+            at,
+            http_status,
+            error,
+        }
+    }
+
+    /// The `$N` values of `finish_one_sql`.
+    pub fn values(&self) -> [Value<'_>; 6] {
+        let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+        [
+            Value::Int(self.id),
+            Value::Int(self.attempt),
+            Value::Text(self.status),
+            int(self.at),
+            int(self.http_status),
+            self.error.as_deref().into(),
+        ]
+    }
+}
 
 /// A bound value, so both backends bind the same parameters from one place.
 #[derive(Clone, Copy, Debug)]
@@ -54,30 +119,6 @@ pub enum Value<'a> {
 impl<'a> From<Option<&'a str>> for Value<'a> {
     fn from(text: Option<&'a str>) -> Self {
         text.map_or(Value::Null, Value::Text)
-    }
-}
-
-/// The update that records how an attempt ended, and its `$N` values in order.
-pub fn finish_statement(
-    id: DeliveryId,
-    attempt: u32,
-    outcome: &Outcome,
-) -> (&'static str, Vec<Value<'_>>) {
-    let key = [Value::Int(id.0), Value::Int(i64::from(attempt))];
-    match outcome {
-        Outcome::Delivered { at, status } => (
-            FINISH_DELIVERED,
-            [
-                &key[..],
-                &[Value::Int(at.0), Value::Int(i64::from(*status))],
-            ]
-            .concat(),
-        ),
-        Outcome::Retry { at, error } => (
-            FINISH_RETRY,
-            [&key[..], &[Value::Int(at.0), Value::Text(error)]].concat(),
-        ),
-        Outcome::Dead { error } => (FINISH_DEAD, [&key[..], &[Value::Text(error)]].concat()),
     }
 }
 

@@ -491,9 +491,9 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
             outcome,
             ..
         } => {
-            let (sql, values) = rows::finish_statement(*id, *attempt, outcome);
-            let mut stmt = conn.prepare_cached(sql)?;
-            bind(&mut stmt, &values)?;
+            let row = rows::FinishRow::new(*id, *attempt, outcome);
+            let mut stmt = conn.prepare_cached(&rows::finish_one_sql())?;
+            bind(&mut stmt, &row.values())?;
             stmt.raw_execute()?;
             Done::Finished
         }
