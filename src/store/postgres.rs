@@ -6,16 +6,18 @@
 //! claim the same delivery while an attempt is in flight; a replica killed
 //! mid-attempt leaves a lease that expires, and any replica claims it again.
 //!
-//! Accepts and outcomes are committed in groups: one task per replica takes
-//! what is waiting and writes it with one statement, so PostgreSQL flushes its
-//! WAL once for the group instead of once per webhook.
+//! Accepts are committed in groups: one task per replica takes the webhooks
+//! waiting and inserts them with one statement, so PostgreSQL flushes its WAL
+//! once for the group instead of once per webhook. (Outcomes in groups were
+//! tried and were slower: see bench/README.md.)
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::rows::{self, ClaimRow, DeliveryRow};
 use super::{
@@ -27,8 +29,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// Rows deleted per purge statement.
 const PURGE_CHUNK: i64 = 1000;
-/// Most webhooks one insert commits together.
+/// Most items one statement commits together.
 const MAX_GROUP: usize = 512;
+/// Groups of one kind committing at once (each on its own pooled connection).
+const GROUPS_IN_FLIGHT: usize = 4;
 
 /// Inserts a group of events in one statement (one commit, one WAL flush).
 /// Rows that collide with a stored event are skipped; what is inserted comes back.
@@ -43,7 +47,6 @@ pub struct PgStore {
     pool: PgPool,
     timeout: Duration,
     accepts: Group<NewEvent, Accepted>,
-    finishes: Group<rows::FinishRow, ()>,
 }
 
 impl PgStore {
@@ -65,15 +68,10 @@ impl PgStore {
             let pool = pool.clone();
             move |events: Vec<NewEvent>| insert_group(pool.clone(), timeout, events)
         });
-        let finishes = Group::start("outcomes", {
-            let pool = pool.clone();
-            move |rows: Vec<rows::FinishRow>| finish_group(pool.clone(), timeout, rows)
-        });
         Ok(Self {
             pool,
             timeout,
             accepts,
-            finishes,
         })
     }
 
@@ -100,7 +98,18 @@ impl PgStore {
 
     pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
         let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome);
-        self.finishes.submit(row, self.timeout).await
+        let sql = rows::finish_one_sql();
+        let mut query = sqlx::query(&sql);
+        for value in row.values() {
+            query = match value {
+                rows::Value::Int(n) => query.bind(n),
+                rows::Value::Text(t) => query.bind(t),
+                rows::Value::Blob(b) => query.bind(b),
+                rows::Value::Null => query.bind(None::<i64>),
+            };
+        }
+        bounded(self.timeout, query.execute(&self.pool)).await?;
+        Ok(())
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -194,13 +203,19 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
     /// the last sender (the last clone of the store) is gone.
     fn start<F, Fut>(what: &'static str, commit: F) -> Self
     where
-        F: Fn(Vec<T>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
     {
         let (queue, mut rx) =
             mpsc::channel::<(T, oneshot::Sender<Result<R, StoreError>>)>(MAX_GROUP * 8);
+        let commit = Arc::new(commit);
+        // A few groups commit at once, so the next group fills while one flushes.
+        let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else {
+                    return;
+                };
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
@@ -208,21 +223,25 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
                         Err(_) => break,
                     }
                 }
-                let (items, replies): (Vec<T>, Vec<_>) = group.into_iter().unzip();
-                match commit(items).await {
-                    Ok(results) => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
+                let commit = Arc::clone(&commit);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let (items, replies): (Vec<T>, Vec<_>) = group.into_iter().unzip();
+                    match commit(items).await {
+                        Ok(results) => {
+                            for (reply, result) in replies.into_iter().zip(results) {
+                                let _ = reply.send(Ok(result));
+                            }
+                        }
+                        Err(e) => {
+                            let reason = e.to_string();
+                            tracing::error!(error = %reason, count = replies.len(), "could not commit a group of {what}");
+                            for reply in replies {
+                                let _ = reply.send(Err(StoreError::Commit(reason.clone())));
+                            }
                         }
                     }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        tracing::error!(error = %reason, count = replies.len(), "could not commit a group of {what}");
-                        for reply in replies {
-                            let _ = reply.send(Err(StoreError::Commit(reason.clone())));
-                        }
-                    }
-                }
+                });
             }
         });
         Self { queue }
@@ -287,33 +306,6 @@ async fn insert_group(
                 .map_or(Accepted::Duplicate, |id| Accepted::New(DeliveryId(id)))
         })
         .collect())
-}
-
-/// Records the outcomes; each is fenced by its attempt number as one alone would be.
-async fn finish_group(
-    pool: PgPool,
-    timeout: Duration,
-    rows: Vec<rows::FinishRow>,
-) -> Result<Vec<()>, StoreError> {
-    let sql = rows::finish_group_sql();
-    let update = sqlx::query(&sql)
-        .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|r| r.attempt).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|r| r.status).collect::<Vec<&str>>())
-        .bind(rows.iter().map(|r| r.at).collect::<Vec<Option<i64>>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.http_status)
-                .collect::<Vec<Option<i64>>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.error.as_deref())
-                .collect::<Vec<Option<&str>>>(),
-        )
-        .execute(&pool);
-    bounded(timeout, update).await?;
-    Ok(vec![(); rows.len()])
 }
 
 /// Caps a database call at the statement timeout, so a connection that hangs

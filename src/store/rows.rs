@@ -32,9 +32,8 @@ pub fn claim_sql(skip_locked: bool) -> String {
     )
 }
 
-/// The columns an outcome sets, written once for both the single-row update
-/// (SQLite) and the grouped one (PostgreSQL). The arguments name where the new
-/// status, time, Accelerate's status and the error come from.
+/// The columns an outcome sets. The arguments name where the new status, time,
+/// Accelerate's status and the error come from.
 fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String {
     format!(
         "status = {status}, \
@@ -50,16 +49,6 @@ pub fn finish_one_sql() -> String {
     format!(
         "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending'",
         finish_set("$3", "$4", "$5", "$6")
-    )
-}
-
-/// Records a group of outcomes in one statement (PostgreSQL), arrays in `FinishRow`'s order.
-pub fn finish_group_sql() -> String {
-    format!(
-        "UPDATE deliveries SET {} FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], \
-         $5::int8[], $6::text[]) AS u(f_id, f_attempt, f_status, f_at, f_http, f_error) \
-         WHERE id = f_id AND attempts = f_attempt AND status = 'pending'",
-        finish_set("f_status", "f_at", "f_http", "f_error")
     )
 }
 
