@@ -153,6 +153,11 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("the database did not commit: {0}")]
     Commit(String),
+    #[error("SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store cannot be used as configured; the text says what to do.
+    #[error("{0}")]
+    Unusable(String),
     #[error("corrupt row {0}: {1}")]
     Corrupt(i64, String),
 }

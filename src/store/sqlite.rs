@@ -97,7 +97,7 @@ impl SqliteStore {
             }
         })
         .await
-        .map_err(|e| StoreError::Commit(format!("opening the database panicked: {e}")))??;
+        .map_err(|e| StoreError::Unusable(format!("opening the database panicked: {e}")))??;
 
         let reader = Arc::new(Mutex::new(reader));
         let committing = Arc::new(AtomicBool::new(true));
@@ -112,7 +112,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || write_loop(state, rx))
-            .map_err(|e| StoreError::Commit(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unusable(format!("cannot start the writer thread: {e}")))?;
         let store = Self {
             writer,
             reader,
@@ -227,7 +227,8 @@ impl SqliteStore {
         }
         if !self.committing.load(Ordering::Relaxed) {
             return Err(StoreError::Commit(
-                "the last write did not commit (disk full or I/O error?)".to_owned(),
+                "its last batch failed (disk full or I/O error?); check the disk and the log"
+                    .to_owned(),
             ));
         }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
@@ -264,7 +265,7 @@ impl SqliteStore {
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Commit(format!("a read panicked: {e}")))?
+        .map_err(|e| StoreError::Unusable(format!("a read panicked: {e}")))?
     }
 }
 
@@ -299,7 +300,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Commit(format!(
+        return Err(StoreError::Unusable(format!(
             "the database schema is version {version}, newer than this relay knows ({}); run a newer relay",
             MIGRATIONS.len()
         )));
@@ -326,13 +327,13 @@ fn lock_file(path: &Path) -> Result<Option<File>, StoreError> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| {
-            StoreError::Commit(format!(
+            StoreError::Unusable(format!(
                 "cannot open {}: {e}",
                 Path::new(&lock_path).display()
             ))
         })?;
     file.try_lock().map_err(|_| {
-        StoreError::Commit(format!(
+        StoreError::Unusable(format!(
             "another relay process is using {}; run one relay per SQLite file, or use PostgreSQL for several",
             path.display()
         ))
@@ -611,11 +612,5 @@ async fn checkpoint_loop(store: SqliteStore) {
         if let Err(e) = checkpoint {
             tracing::debug!(error = %e, "background WAL checkpoint failed; will try again");
         }
-    }
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Commit(e.to_string())
     }
 }
