@@ -50,14 +50,7 @@ struct Traffic {
 
 impl Traffic {
     async fn post(&mut self, env: &str, body: Vec<u8>, auth: &str, key: &str) {
-        let response = self
-            .client
-            .post(format!("{}/webhooks/checkoutdotcom/{env}", self.address))
-            .header("content-type", "application/json")
-            .header("authorization", auth)
-            .header("cko-signature", sign(key, &body))
-            .body(body)
-            .send()
+        let response = post_signed_with(&self.client, &self.address, env, body, auth, key)
             .await
             .expect("answer");
         let status = response.status();

@@ -216,11 +216,23 @@ pub async fn post_signed(
     body: Vec<u8>,
 ) -> reqwest::Result<reqwest::Response> {
     let (auth, key) = keys_for(env);
+    post_signed_with(client, address, env, body, auth, key).await
+}
+
+/// The same with an Authorization value and signature key of the caller's.
+pub async fn post_signed_with(
+    client: &reqwest::Client,
+    address: &str,
+    env: &str,
+    body: Vec<u8>,
+    authorization: &str,
+    signature_key: &str,
+) -> reqwest::Result<reqwest::Response> {
     client
         .post(format!("{address}/webhooks/checkoutdotcom/{env}"))
         .header("content-type", "application/json")
-        .header("authorization", auth)
-        .header("cko-signature", sign(key, &body))
+        .header("authorization", authorization)
+        .header("cko-signature", sign(signature_key, &body))
         .body(body)
         .send()
         .await
