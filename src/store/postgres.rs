@@ -87,7 +87,7 @@ impl PgStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let found: Vec<ClaimRow> = sqlx::query_as(&rows::claim_sql(true))
+        let found: Vec<ClaimRow> = sqlx::query_as(rows::claim_sql(true))
             .bind(now.plus(lease).0)
             .bind(now.0)
             .bind(i64::from(limit))
@@ -98,8 +98,7 @@ impl PgStore {
 
     pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
         let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome);
-        let sql = rows::finish_one_sql();
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(rows::finish_one_sql());
         for value in row.values() {
             query = match value {
                 rows::Value::Int(n) => query.bind(n),

@@ -1,5 +1,7 @@
 //! Row shapes and SQL shared by both backends (both accept `$N` parameters).
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 
 use super::{
@@ -18,17 +20,23 @@ pub const ACCEPT: &str = "INSERT INTO deliveries \
 /// range of the `deliveries_due` index: rows in flight are simply not due yet,
 /// and a row whose attempt died with its process becomes due when the lease
 /// runs out. `leased_until` only records that an attempt is in flight.
-pub fn claim_sql(skip_locked: bool) -> String {
+pub fn claim_sql(skip_locked: bool) -> &'static str {
+    // Built once: claims and outcomes are on the delivery hot path.
+    static PLAIN: LazyLock<String> = LazyLock::new(|| claim_text(""));
+    static SKIP_LOCKED: LazyLock<String> = LazyLock::new(|| claim_text(" FOR UPDATE SKIP LOCKED"));
+    if skip_locked {
+        &SKIP_LOCKED
+    } else {
+        &PLAIN
+    }
+}
+
+fn claim_text(lock: &str) -> String {
     format!(
         "UPDATE deliveries SET next_attempt_at = $1, leased_until = $1, attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $2 \
-         ORDER BY next_attempt_at LIMIT $3{}) \
-         RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at",
-        if skip_locked {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        }
+         ORDER BY next_attempt_at LIMIT $3{lock}) \
+         RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at"
     )
 }
 
@@ -45,11 +53,14 @@ fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String 
 
 /// Records one outcome: `$1` id, `$2` attempt number claimed (the fence
 /// against a lost lease), then `FinishRow`'s values.
-pub fn finish_one_sql() -> String {
-    format!(
-        "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending'",
-        finish_set("$3", "$4", "$5", "$6")
-    )
+pub fn finish_one_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending'",
+            finish_set("$3", "$4", "$5", "$6")
+        )
+    });
+    &SQL
 }
 
 /// An outcome as stored.

@@ -461,7 +461,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
         Op::Claim {
             now, lease, limit, ..
         } => {
-            let mut stmt = conn.prepare_cached(&rows::claim_sql(false))?;
+            let mut stmt = conn.prepare_cached(rows::claim_sql(false))?;
             bind(
                 &mut stmt,
                 &[
@@ -493,7 +493,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
             ..
         } => {
             let row = rows::FinishRow::new(*id, *attempt, outcome);
-            let mut stmt = conn.prepare_cached(&rows::finish_one_sql())?;
+            let mut stmt = conn.prepare_cached(rows::finish_one_sql())?;
             bind(&mut stmt, &row.values())?;
             stmt.raw_execute()?;
             Done::Finished
