@@ -51,12 +51,16 @@ fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String 
     )
 }
 
-/// Records one outcome: `$1` id, `$2` attempt number claimed (the fence
-/// against a lost lease), then `FinishRow`'s values.
+/// Records one outcome: `$1` id, `$2` attempt number claimed, then
+/// `FinishRow`'s values. The attempt number fences off an attempt whose lease
+/// ran out and was claimed again; the lease itself fences off an attempt that
+/// was still running when an operator retried the delivery (the retry clears
+/// the lease, and its own attempt must not be overwritten by the old one).
 pub fn finish_one_sql() -> &'static str {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending'",
+            "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending' \
+             AND leased_until IS NOT NULL",
             finish_set("$3", "$4", "$5", "$6")
         )
     });
