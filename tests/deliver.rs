@@ -365,7 +365,48 @@ async fn worker_step_reports_what_it_did(backend: Backend) {
     app.stop().await;
 }
 
+/// However many events wait, no more than RELAY_DELIVERY_CONCURRENCY attempts
+/// talk to Accelerate at once.
+async fn attempts_in_flight_never_exceed_the_concurrency(backend: Backend) {
+    const SLOW: Duration = Duration::from_millis(300);
+    let app = TestApp::spawn_with(backend, &[("RELAY_DELIVERY_CONCURRENCY", "2")]).await;
+    app.sandbox.set_default(Reply::Slow(SLOW, 200));
+    let app = std::sync::Arc::new(app);
+    let sends = (0..10).map(|i| {
+        let app = std::sync::Arc::clone(&app);
+        async move {
+            app.send("sandbox", approved_event(&format!("evt_cc{i}")))
+                .await
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let mut got = app.sandbox.wait_for(10, WAIT).await;
+    got.sort_by_key(|r| r.at);
+    // With at most two in flight, request i+2 starts only after request i or
+    // i+1 got its answer, which takes SLOW.
+    for i in 0..got.len() - 2 {
+        let gap = got[i + 2].at - got[i].at;
+        assert!(gap >= SLOW, "requests {i} and {} only {gap:?} apart", i + 2);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.sandbox.received().len(), 10, "each event once");
+    for i in 0..10 {
+        let id = format!("evt_cc{i}");
+        assert!(
+            eventually(WAIT, || async {
+                app.status_on_disk(&id).await.as_deref() == Some("delivered")
+            })
+            .await
+        );
+    }
+    std::sync::Arc::into_inner(app)
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
 on_both_stores!(
+    attempts_in_flight_never_exceed_the_concurrency,
     fixtures_reach_accelerate_byte_for_byte_with_their_headers,
     sandbox_and_production_never_cross,
     failed_attempt_is_retried_with_the_next_attempt_number,
