@@ -42,7 +42,7 @@ fn claim_text(lock: &str) -> String {
 
 /// The columns an outcome sets. The arguments name where the new status, time,
 /// Accelerate's status and the error come from.
-fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String {
+pub fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String {
     format!(
         "status = {status}, \
          next_attempt_at = CASE WHEN {status} = 'pending' THEN {at} ELSE next_attempt_at END, \
