@@ -17,7 +17,7 @@ use sqlx::Connection;
 
 use load::{closed_loop, open_loop, percentile, Clock, Events, Outcome, Target, AUTH};
 use mock::Mock;
-use procs::{disk_flushes, start_nginx, start_relay, Proc};
+use procs::{disk_flushes, settle_disk, start_nginx, start_relay, Proc};
 
 #[derive(Parser, Clone)]
 #[command(about = "Load benchmark: accelerate-relay against nginx, in one run")]
@@ -177,6 +177,7 @@ async fn relay_run(
     report: &mut Report,
 ) -> anyhow::Result<Outcome> {
     let duration = Duration::from_secs(args.seconds);
+    settle_disk();
     let mock = Mock::start(events.bodies.len(), clock).await?;
     let log = work
         .path()
@@ -327,6 +328,7 @@ async fn scale_run(
     prefill_history(&url, args.scale_rows).await?;
     let fill = fill_started.elapsed();
 
+    settle_disk();
     let relay = start_relay(&url, &mock.url(), &work.path().join("scale.log")).await?;
     let target = Target {
         addr: relay.addr,

@@ -210,3 +210,9 @@ pub fn disk_flushes() -> u64 {
         .filter_map(|s| s.split_whitespace().nth(15)?.parse::<u64>().ok())
         .sum()
 }
+
+/// Writes back what earlier phases left dirty, so a phase's fsyncs do not
+/// queue behind another phase's files (`sync` is in coreutils).
+pub fn settle_disk() {
+    let _ = Command::new("sync").status();
+}
