@@ -39,7 +39,7 @@ const PURGE_CHUNK: i64 = 1000;
 /// How often the checkpointer copies the WAL into the database. Each
 /// checkpoint ends in an fsync of the database file that commits queue
 /// behind, so many small ones keep the accept tail short: p99 at 1,000
-/// events/s was 18–23 ms checkpointing every second, 6.5–8 ms every 20–50 ms
+/// events/s was 16–23 ms checkpointing every second, 6.5–11 ms every 20–50 ms
 /// (bench/README.md).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
