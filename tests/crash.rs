@@ -19,16 +19,6 @@ async fn send_to(relay: &RelayProcess, body: Vec<u8>) -> (u16, serde_json::Value
     answer(response).await
 }
 
-fn event_ids(received: &[mock::Received]) -> Vec<String> {
-    received
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
-            v["id"].as_str().expect("id").to_owned()
-        })
-        .collect()
-}
-
 /// Kills the relay with `kill -9` at random moments under continuous load, 20
 /// times, then checks that every event answered 2xx reached Accelerate.
 async fn kill_9_twenty_times_under_load(backend: Backend) {
@@ -102,11 +92,11 @@ async fn kill_9_twenty_times_under_load(backend: Backend) {
 
     let answered = answered.lock().expect("lock").clone();
     let all_delivered = eventually(Duration::from_secs(60), || async {
-        let delivered: HashSet<String> = event_ids(&accelerate.received()).into_iter().collect();
+        let delivered: HashSet<String> = accelerate.event_ids().into_iter().collect();
         answered.is_subset(&delivered)
     })
     .await;
-    let ids = event_ids(&accelerate.received());
+    let ids = accelerate.event_ids();
     let delivered: HashSet<&String> = ids.iter().collect();
     let lost = answered.iter().filter(|id| !delivered.contains(id)).count();
     let more_than_once = delivered.len().abs_diff(ids.len());
@@ -152,7 +142,7 @@ async fn accepted_events_survive_kill_9_while_accelerate_is_down() {
     let accelerate = MockAccelerate::start().await;
     let _relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
     let got = accelerate.wait_for(50, WAIT).await;
-    let delivered: HashSet<String> = event_ids(&got).into_iter().collect();
+    let delivered: HashSet<String> = got.iter().map(mock::Received::event_id).collect();
     assert_eq!(
         delivered, accepted,
         "every accepted event reaches Accelerate after the crash"

@@ -37,6 +37,11 @@ impl Received {
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }
+    /// The Checkout.com event id of the forwarded body.
+    pub fn event_id(&self) -> String {
+        let event: serde_json::Value = serde_json::from_slice(&self.body).expect("json");
+        event["id"].as_str().expect("id").to_owned()
+    }
 }
 
 #[derive(Default)]
@@ -100,6 +105,11 @@ impl MockAccelerate {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("mock lock").clone()
+    }
+
+    /// The event ids of every request so far, in arrival order (repeats included).
+    pub fn event_ids(&self) -> Vec<String> {
+        self.received().iter().map(Received::event_id).collect()
     }
 
     /// Waits until at least `n` requests arrived; panics with what came if not.
