@@ -189,16 +189,7 @@ async fn relay_run(
     };
 
     eprintln!("{name}: {} events/s for {} s…", args.rate, args.seconds);
-    let fixed = open_loop(
-        &target,
-        events,
-        0,
-        args.rate,
-        duration,
-        args.connections,
-        clock,
-    )
-    .await;
+    let fixed = fixed_rate(&target, events, args, clock).await;
     let backlog_at_end = fixed.accepted as usize
         - mock
             .arrived(fixed.first..fixed.end)
@@ -255,6 +246,21 @@ async fn relay_run(
     report.full.push(row);
     relay.stop();
     Ok(fixed)
+}
+
+/// The latency phase: `args.rate` events/s for `args.seconds`, from event 0.
+async fn fixed_rate(target: &Target, events: &Arc<Events>, args: &Args, clock: Clock) -> Outcome {
+    let duration = Duration::from_secs(args.seconds);
+    open_loop(
+        target,
+        events,
+        0,
+        args.rate,
+        duration,
+        args.connections,
+        clock,
+    )
+    .await
 }
 
 async fn wait_arrived(mock: &Mock, range: std::ops::Range<usize>, expected: usize) -> bool {
@@ -338,16 +344,7 @@ async fn scale_run(
         "scale: {} events/s for {} s with {} rows stored…",
         args.rate, args.seconds, args.scale_rows
     );
-    let fixed = open_loop(
-        &target,
-        events,
-        0,
-        args.rate,
-        duration,
-        args.connections,
-        clock,
-    )
-    .await;
+    let fixed = fixed_rate(&target, events, args, clock).await;
     wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
     eprintln!("scale: full speed with {} rows stored…", args.scale_rows);
     let received0 = mock.received.load(Ordering::Relaxed);
