@@ -116,12 +116,7 @@ async fn failed_attempt_is_retried_with_the_next_attempt_number(backend: Backend
     // The schedule is 100ms then 200ms (+ up to 10%).
     assert!(got[1].at - got[0].at >= Duration::from_millis(100));
     assert!(got[2].at - got[1].at >= Duration::from_millis(200));
-    assert!(
-        eventually(WAIT, || async {
-            app.status_on_disk("evt_retry").await.as_deref() == Some("delivered")
-        })
-        .await
-    );
+    assert!(app.reaches_status("evt_retry", "delivered", WAIT).await);
     app.stop().await;
 }
 
@@ -134,12 +129,7 @@ async fn slow_accelerate_times_out_and_is_retried(backend: Backend) {
     assert_eq!(got[1].header_str("x-relay-attempt"), Some("2"));
     // Second attempt went out after the timeout, not after the slow answer.
     assert!(got[1].at - got[0].at < Duration::from_millis(1500));
-    assert!(
-        eventually(WAIT, || async {
-            app.status_on_disk("evt_slow").await.as_deref() == Some("delivered")
-        })
-        .await
-    );
+    assert!(app.reaches_status("evt_slow", "delivered", WAIT).await);
     app.stop().await;
 }
 
@@ -178,12 +168,7 @@ async fn accelerate_down_then_back_gets_every_event(backend: Backend) {
     );
     for i in 0..3 {
         let id = format!("evt_down{i}");
-        assert!(
-            eventually(WAIT, || async {
-                app.status_on_disk(&id).await.as_deref() == Some("delivered")
-            })
-            .await
-        );
+        assert!(app.reaches_status(&id, "delivered", WAIT).await);
     }
     app.stop().await;
 }
@@ -230,12 +215,7 @@ async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept(backend: Backend
     app.sandbox.set_default(Reply::Status(500));
     app.send("sandbox", approved_event("evt_dead")).await;
     app.sandbox.wait_for(3, WAIT).await;
-    assert!(
-        eventually(WAIT, || async {
-            app.status_on_disk("evt_dead").await.as_deref() == Some("dead")
-        })
-        .await
-    );
+    assert!(app.reaches_status("evt_dead", "dead", WAIT).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         app.sandbox.received().len(),
@@ -273,12 +253,7 @@ async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept(backend: Backend
     assert_eq!(n, 1);
     let got = app.sandbox.wait_for(4, WAIT).await;
     assert_eq!(got[3].header_str("x-relay-attempt"), Some("4"));
-    assert!(
-        eventually(WAIT, || async {
-            app.status_on_disk("evt_dead").await.as_deref() == Some("delivered")
-        })
-        .await
-    );
+    assert!(app.reaches_status("evt_dead", "delivered", WAIT).await);
     app.stop().await;
 }
 
@@ -353,12 +328,7 @@ async fn worker_step_reports_what_it_did(backend: Backend) {
     let step = worker.deliver_next().await.expect("step");
     // The app's own worker may have been quicker; either way it is delivered once more.
     assert!(matches!(step, Step::Delivered | Step::Empty), "{step:?}");
-    assert!(
-        eventually(WAIT, || async {
-            app.status_on_disk("evt_step").await.as_deref() == Some("delivered")
-        })
-        .await
-    );
+    assert!(app.reaches_status("evt_step", "delivered", WAIT).await);
     app.stop().await;
 }
 
@@ -389,12 +359,7 @@ async fn attempts_in_flight_never_exceed_the_concurrency(backend: Backend) {
     assert_eq!(app.sandbox.received().len(), 10, "each event once");
     for i in 0..10 {
         let id = format!("evt_cc{i}");
-        assert!(
-            eventually(WAIT, || async {
-                app.status_on_disk(&id).await.as_deref() == Some("delivered")
-            })
-            .await
-        );
+        assert!(app.reaches_status(&id, "delivered", WAIT).await);
     }
     std::sync::Arc::into_inner(app)
         .expect("sole owner")

@@ -205,6 +205,14 @@ impl TestApp {
     pub async fn status_on_disk(&self, event_id: &str) -> Option<String> {
         self.db.status(event_id).await
     }
+
+    /// Whether the event's delivery is stored with `status` within `within`.
+    pub async fn reaches_status(&self, event_id: &str, status: &str, within: Duration) -> bool {
+        eventually(within, || async {
+            self.status_on_disk(event_id).await.as_deref() == Some(status)
+        })
+        .await
+    }
 }
 
 /// POSTs `body` to `{address}/webhooks/checkoutdotcom/{env}` signed as
