@@ -563,8 +563,13 @@ fn bind(stmt: &mut Statement<'_>, values: &[Value<'_>]) -> rusqlite::Result<()> 
 }
 
 fn index(stmt: &Statement<'_>, n: usize) -> rusqlite::Result<usize> {
-    stmt.parameter_index(&format!("${n}"))?
-        .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("${n}")))
+    // Every bind of every statement looks its names up: no string built for it.
+    const NAMES: [&str; 10] = ["$0", "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+    let name = NAMES
+        .get(n)
+        .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("${n}")))?;
+    stmt.parameter_index(name)?
+        .ok_or_else(|| rusqlite::Error::InvalidParameterName((*name).to_owned()))
 }
 
 fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
