@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -95,9 +96,10 @@ impl fmt::Display for EventType {
 pub struct AccelerateToken(String);
 
 impl AccelerateToken {
-    /// `None` for an empty value: an empty token is no token.
+    /// `None` for an empty value or one with a control character: neither is
+    /// a token Accelerate issued, and a NUL cannot even be stored in PostgreSQL.
     pub fn parse(value: &str) -> Option<Self> {
-        (!value.is_empty()).then(|| Self(value.to_owned()))
+        (!value.is_empty() && !value.chars().any(char::is_control)).then(|| Self(value.to_owned()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -144,8 +146,10 @@ pub struct Event {
 pub enum EventError {
     #[error("the body is not a JSON object with string `id` and `type`: {0}")]
     Malformed(String),
-    #[error("`{field}` must be 1 to {MAX_FIELD_LEN} characters")]
+    #[error("`{field}` must be 1 to {MAX_FIELD_LEN} characters, none of them a control character")]
     BadField { field: &'static str },
+    #[error("`{0}` appears twice; which one counts would depend on the reader")]
+    DuplicateKey(&'static str),
     #[error("JSON nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("a number literal longer than {MAX_NUMBER_LEN} characters")]
@@ -155,8 +159,9 @@ pub enum EventError {
 }
 
 /// The envelope, borrowed from the body. Unknown fields are skipped without
-/// being copied; a duplicated `id` or `type` is an error (serde refuses it),
-/// so two readers of the same bytes can never disagree about the event.
+/// being copied; a duplicated `id`, `type` or `data` is an error (serde
+/// refuses it), so two readers of the same bytes can never disagree about the
+/// event. Below `data`, [`Member`] holds the same rule.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
@@ -167,16 +172,50 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct Data<'a> {
-    #[serde(borrow, default)]
-    metadata: Option<&'a RawValue>,
+/// Reads the one member `key` of a JSON object, refusing the object when
+/// `key` appears twice (escaped spellings included): a parser that keeps the
+/// last value, as Accelerate's may, must never see another token than ours.
+struct Member(&'static str);
+
+impl<'de> DeserializeSeed<'de> for Member {
+    type Value = Option<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
 }
 
-#[derive(Deserialize)]
-struct Metadata<'a> {
-    #[serde(borrow, default, rename = "AccelerateToken")]
-    token: Option<Cow<'a, str>>,
+impl<'de> Visitor<'de> for Member {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key != self.0 {
+                map.next_value::<IgnoredAny>()?;
+            } else if found.is_some() {
+                return Err(serde::de::Error::duplicate_field(self.0));
+            } else {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// `raw`'s member `key` when `raw` is an object; `None` for anything else.
+fn member<'a>(raw: &'a RawValue, key: &'static str) -> Result<Option<&'a RawValue>, EventError> {
+    if !is_object(raw) {
+        return Ok(None);
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Member(key)
+        .deserialize(&mut de)
+        .map_err(|_| EventError::DuplicateKey(key))
 }
 
 /// Reads `id`, `type` and `data.metadata.AccelerateToken` from the raw body.
@@ -192,14 +231,17 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     }
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
-    let token = envelope
-        .data
-        .filter(|data| is_object(data))
-        .and_then(|data| serde_json::from_str::<Data<'_>>(data.get()).ok())
-        .and_then(|data| data.metadata)
-        .filter(|meta| is_object(meta))
-        .and_then(|meta| serde_json::from_str::<Metadata<'_>>(meta.get()).ok())
-        .and_then(|meta| meta.token)
+    let metadata = match envelope.data {
+        Some(data) => member(data, "metadata")?,
+        None => None,
+    };
+    let token = match metadata {
+        Some(metadata) => member(metadata, "AccelerateToken")?,
+        None => None,
+    };
+    // Anything but a non-empty string is no token, not a malformed event.
+    let token = token
+        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
         .and_then(|token| AccelerateToken::parse(&token));
     Ok(Event {
         id: EventId::parse(&envelope.id)?,
@@ -263,8 +305,10 @@ fn check_limits(body: &[u8]) -> Result<(), EventError> {
     Ok(())
 }
 
+/// Ids and types are short printable strings; a control character (a NUL
+/// above all, which PostgreSQL cannot store) is no Checkout.com event.
 fn bounded(value: &str, field: &'static str) -> Result<String, EventError> {
-    if value.is_empty() || value.len() > MAX_FIELD_LEN {
+    if value.is_empty() || value.len() > MAX_FIELD_LEN || value.chars().any(char::is_control) {
         return Err(EventError::BadField { field });
     }
     Ok(value.to_owned())
@@ -356,6 +400,38 @@ mod tests {
             "9".repeat(200)
         );
         assert!(parse(in_string.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_duplicated_key_on_the_read_path_is_malformed_at_every_level() {
+        for body in [
+            r#"{"id":"e","type":"t","data":{},"data":{}}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":{},"metadata":{"AccelerateToken":"tok_1234567890"}}}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":"a","AccelerateToken":"b"}}}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":"a","Accelerate\u0054oken":"b"}}}"#,
+            r#"{"id":"e","type":"t","data":{"metadata":null,"metadata":{"AccelerateToken":"b"}}}"#,
+        ] {
+            assert!(parse(body.as_bytes()).is_err(), "{body}");
+        }
+        // Duplicates off the path the relay reads are the sender's business.
+        let elsewhere = r#"{"id":"e","type":"t","data":{"amount":1,"amount":2,"metadata":{"x":1,"x":2,"AccelerateToken":"tok_1234567890"}}}"#;
+        assert!(parse(elsewhere.as_bytes()).expect("valid").token.is_some());
+    }
+
+    #[test]
+    fn control_characters_make_ids_malformed_and_tokens_unusable() {
+        for body in [
+            r#"{"id":"evt_\u0000x","type":"t"}"#,
+            r#"{"id":"evt_1","type":"payment\u0007approved"}"#,
+            "{\"id\":\"evt_\u{7f}\",\"type\":\"t\"}",
+        ] {
+            assert!(
+                matches!(parse(body.as_bytes()), Err(EventError::BadField { .. })),
+                "{body}"
+            );
+        }
+        let nul_token = r#"{"id":"e","type":"t","data":{"metadata":{"AccelerateToken":"tok_\u0000_1234567890"}}}"#;
+        assert!(parse(nul_token.as_bytes()).expect("valid").token.is_none());
     }
 
     #[test]
