@@ -210,6 +210,95 @@ async fn body_that_is_not_an_event_is_400_malformed(backend: Backend) {
     app.stop().await;
 }
 
+/// One rule along the whole path the relay reads: a duplicated key is
+/// malformed, whatever a last-value-wins parser downstream would see.
+async fn duplicated_keys_on_the_read_path_are_400_malformed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = r#""AccelerateToken":"tok_acc_0123456789abcdef""#;
+    for (i, data) in [
+        format!(r#"{{"metadata":{{{token}}}}},"data":{{"metadata":{{{token}}}}}"#),
+        format!(r#"{{"metadata":{{}},"metadata":{{{token}}}}}"#),
+        format!(r#"{{"metadata":{{{token},"AccelerateToken":"tok_other_0123456789"}}}}"#),
+        format!(r#"{{"metadata":{{{token},"Accelerate\u0054oken":"tok_other_0123456789"}}}}"#),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event = format!(r#"{{"id":"evt_dup{i}","type":"payment_approved","data":{data}}}"#);
+        let (status, body) = app.send_json("sandbox", event.into_bytes()).await;
+        assert_eq!(
+            (status, body),
+            (400, json!({"error": "malformed_event"})),
+            "{data}"
+        );
+        assert!(app.status_on_disk(&format!("evt_dup{i}")).await.is_none());
+    }
+    app.stop().await;
+}
+
+/// A NUL (which PostgreSQL cannot store) or other control character in an id
+/// or type is malformed; in a token it is no usable token. Neither reaches
+/// the store, and unrelated webhooks sent at the same time are all accepted.
+async fn control_characters_are_refused_without_harming_other_webhooks(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let nul_id = br#"{"id":"evt_nul\u0000","type":"payment_approved","data":{"metadata":{"AccelerateToken":"tok_acc_0123456789abcdef"}}}"#.to_vec();
+    let nul_type = br#"{"id":"evt_bel","type":"payment_approved\u0007","data":{"metadata":{"AccelerateToken":"tok_acc_0123456789abcdef"}}}"#.to_vec();
+    let nul_token = br#"{"id":"evt_nultok","type":"payment_approved","data":{"metadata":{"AccelerateToken":"tok_acc_\u0000_0123456789"}}}"#.to_vec();
+    let valid = (0..100).map(|i| app.send_json("sandbox", approved_event(&format!("evt_cc{i}"))));
+    let (answers, nul_id, nul_type, nul_token) = tokio::join!(
+        futures_util::future::join_all(valid),
+        app.send_json("sandbox", nul_id),
+        app.send_json("sandbox", nul_type),
+        app.send_json("sandbox", nul_token),
+    );
+    assert_eq!(nul_id, (400, json!({"error": "malformed_event"})));
+    assert_eq!(nul_type, (400, json!({"error": "malformed_event"})));
+    assert_eq!(
+        nul_token,
+        (
+            200,
+            json!({"status": "ignored", "reason": "no_accelerate_token"})
+        )
+    );
+    for (status, body) in answers {
+        assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
+    }
+    assert_eq!(app.db.count().await, 100);
+    assert_eq!(readyz(&app.client, &app.address).await, 200);
+    app.stop().await;
+}
+
+/// A row the database refuses fails alone: the others committed with it in
+/// the same group are still accepted, and the store stays ready.
+async fn a_row_the_database_refuses_fails_alone_not_its_group(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.db.refuse_event("evt_poison").await;
+    for round in 0..3 {
+        let valid = (0..100)
+            .map(|i| app.send_json("sandbox", approved_event(&format!("evt_r{round}_{i}"))));
+        let (answers, poison) = tokio::join!(
+            futures_util::future::join_all(valid),
+            app.send_json("sandbox", approved_event("evt_poison")),
+        );
+        for (status, body) in answers {
+            assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
+        }
+        assert_ne!(poison.0, 200, "{poison:?}");
+        if backend == Backend::Postgres {
+            // A data exception is about the event: answered as such, not 503.
+            assert_eq!(poison, (400, json!({"error": "malformed_event"})));
+        }
+    }
+    assert!(app.status_on_disk("evt_poison").await.is_none());
+    assert_eq!(app.db.count().await, 300);
+    let ready = eventually(Duration::from_secs(3), || async {
+        readyz(&app.client, &app.address).await == 200
+    })
+    .await;
+    assert!(ready, "the store is ready: only one row was refused");
+    app.stop().await;
+}
+
 async fn other_event_types_are_ignored_and_never_stored(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (status, body) = app
@@ -401,6 +490,9 @@ on_both_stores!(
     missing_or_wrong_authorization_is_401_unauthorized,
     missing_bad_or_foreign_signature_is_401_invalid_signature,
     body_that_is_not_an_event_is_400_malformed,
+    duplicated_keys_on_the_read_path_are_400_malformed,
+    control_characters_are_refused_without_harming_other_webhooks,
+    a_row_the_database_refuses_fails_alone_not_its_group,
     other_event_types_are_ignored_and_never_stored,
     configured_event_types_are_the_ones_relayed,
     events_without_a_token_are_ignored_and_never_stored,

@@ -168,6 +168,8 @@ impl ReceiveError {
             ReceiveError::Verify(VerifyError::Unauthorized) => "unauthorized",
             ReceiveError::Verify(VerifyError::InvalidSignature) => "invalid_signature",
             ReceiveError::Malformed(_) => "malformed_event",
+            // The database refused this event's values: no resend can help.
+            ReceiveError::Store(StoreError::Refused(_)) => "malformed_event",
             ReceiveError::Store(_) => "store_unavailable",
         }
     }
@@ -175,7 +177,7 @@ impl ReceiveError {
     fn log(&self, environment: Option<&str>) {
         let status = self.status_code().as_u16();
         let environment = environment.unwrap_or("default");
-        if let ReceiveError::Store(e) = self {
+        if let (ReceiveError::Store(e), 503) = (self, status) {
             tracing::error!(environment, status, error = %e, outcome = "rejected", reason = self.code(),
                 "webhook not stored; answered 503 so Checkout.com sends it again. Check the database (disk space, connection)");
         } else {
@@ -194,13 +196,14 @@ impl ResponseError for ReceiveError {
             ReceiveError::BadBody(_) => StatusCode::BAD_REQUEST,
             ReceiveError::Verify(_) => StatusCode::UNAUTHORIZED,
             ReceiveError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ReceiveError::Store(StoreError::Refused(_)) => StatusCode::BAD_REQUEST,
             ReceiveError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ReceiveError::Store(_) = self {
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
         }
         response.json(json!({ "error": self.code() }))
@@ -216,11 +219,8 @@ async fn receive(
     let config = &state.config;
     if let Some(policy) = &config.sources {
         let peer = req.peer_addr().map(|a| a.ip());
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = peer.map(|p| policy.client(p, forwarded));
+        let forwarded = forwarded_for(req.headers());
+        let client = peer.map(|p| policy.client(p, forwarded.as_deref()));
         match client {
             Some(ip) if policy.allows(ip) => {}
             Some(ip) => return Err(ReceiveError::ForbiddenSource(ip)),
@@ -342,6 +342,18 @@ async fn read_body(
     tokio::time::timeout(BODY_TIMEOUT, read)
         .await
         .map_err(|_| ReceiveError::SlowBody(BODY_TIMEOUT))?
+}
+
+/// Every `X-Forwarded-For` line, in order, as one list (RFC 9110 §5.3): a
+/// proxy may append a line of its own instead of extending the client's. A
+/// line that is not text becomes a hop that cannot be read, which ends what
+/// is believed.
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let lines: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .map(|v| v.to_str().unwrap_or("unreadable"))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(","))
 }
 
 /// The headers Accelerate needs to check the webhook itself: Content-Type,

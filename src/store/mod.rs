@@ -36,7 +36,7 @@ impl Store {
         if url.starts_with("sqlite:") {
             return Ok(Store::Sqlite(SqliteStore::open(url, role).await?));
         }
-        Ok(Store::Postgres(PgStore::open(config).await?))
+        Ok(Store::Postgres(PgStore::open(config, role).await?))
     }
 
     /// Stores a new event with its pending delivery, or reports that its id was
@@ -158,6 +158,10 @@ pub enum StoreError {
     /// The store cannot be used as configured; the text says what to do.
     #[error("{0}")]
     Unusable(String),
+    /// The database refused this one row's values (not the store as a
+    /// whole): sending it again cannot help.
+    #[error("the database refused the event: {0}")]
+    Refused(String),
     #[error("corrupt row {0}: {1}")]
     Corrupt(i64, String),
 }

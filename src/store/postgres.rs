@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::rows::{self, ClaimRow, DeliveryRow};
 use super::{
-    Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, StoreError, Timestamp,
+    Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, Role, StoreError,
+    Timestamp,
 };
 use crate::config::DatabaseConfig;
 
@@ -65,7 +66,7 @@ pub struct PgStore {
 impl PgStore {
     /// Connects and migrates; the migrator holds an advisory lock, so replicas
     /// starting together apply each migration once.
-    pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
+    pub async fn open(config: &DatabaseConfig, role: Role) -> Result<Self, StoreError> {
         let timeout = config.statement_timeout;
         let options = PgConnectOptions::from_str(config.url.expose())?
             .application_name("accelerate-relay")
@@ -76,6 +77,16 @@ impl PgStore {
             .acquire_timeout(timeout)
             .connect_with(options)
             .await?;
+        if role == Role::Tool {
+            let schema: bool = sqlx::query_scalar("SELECT to_regclass('deliveries') IS NOT NULL")
+                .fetch_one(&pool)
+                .await?;
+            if !schema {
+                return Err(StoreError::Unusable(
+                    "the database has no relay schema; set RELAY_DATABASE_URL to the database the relay runs on".to_owned(),
+                ));
+            }
+        }
         MIGRATOR.run(&pool).await?;
         let accepts = Group::start("webhooks", {
             let pool = pool.clone();
@@ -207,13 +218,17 @@ impl<T, R> Clone for Group<T, R> {
     }
 }
 
+/// One result per item: a group can commit while one of its rows is refused.
+type Results<R> = Result<Vec<Result<R, StoreError>>, StoreError>;
+
 impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
-    /// `commit` must answer one result per item, in order. The task ends when
-    /// the last sender (the last clone of the store) is gone.
+    /// `commit` must answer one result per item, in order, or one error for
+    /// the whole group. The task ends when the last sender (the last clone of
+    /// the store) is gone.
     fn start<F, Fut>(what: &'static str, commit: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
+        Fut: std::future::Future<Output = Results<R>> + Send + 'static,
     {
         let (queue, mut rx) =
             mpsc::channel::<(T, oneshot::Sender<Result<R, StoreError>>)>(MAX_GROUP * 8);
@@ -239,7 +254,7 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
                     match commit(items).await {
                         Ok(results) => {
                             for (reply, result) in replies.into_iter().zip(results) {
-                                let _ = reply.send(Ok(result));
+                                let _ = reply.send(result);
                             }
                         }
                         Err(e) => {
@@ -274,10 +289,51 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
 /// Inserts the events and tells each whether it was the one inserted. The same
 /// event twice in one group is inserted once: the first is `New`, the others
 /// `Duplicate`, as if they had come one after the other.
-async fn insert_group(
-    pool: PgPool,
+///
+/// When the database refuses the group's statement (it answered, so it is up),
+/// the cause may be one row: each event is then inserted on its own, so one
+/// bad row fails alone and the others are committed.
+async fn insert_group(pool: PgPool, timeout: Duration, events: Vec<NewEvent>) -> Results<Accepted> {
+    match insert_events(&pool, timeout, &events).await {
+        Ok(accepted) => Ok(accepted.into_iter().map(Ok).collect()),
+        Err(StoreError::Database(sqlx::Error::Database(e))) if events.len() > 1 => {
+            tracing::warn!(error = %e, count = events.len(), "a group of webhooks was refused; committing each on its own");
+            let mut results = Vec::with_capacity(events.len());
+            for event in &events {
+                let one = insert_events(&pool, timeout, std::slice::from_ref(event)).await;
+                results.push(one.map(|mut a| a.remove(0)).map_err(refused_or_not));
+            }
+            Ok(results)
+        }
+        Err(e) => Ok(vec_of_errors(refused_or_not(e), events.len())),
+    }
+}
+
+/// A data exception (SQLSTATE class 22, e.g. a character the database
+/// cannot store) is about the row, and sending it again cannot help.
+fn refused_or_not(e: StoreError) -> StoreError {
+    match &e {
+        StoreError::Database(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c.starts_with("22")) =>
+        {
+            StoreError::Refused(db.message().to_owned())
+        }
+        _ => e,
+    }
+}
+
+fn vec_of_errors<R>(e: StoreError, n: usize) -> Vec<Result<R, StoreError>> {
+    let reason = e.to_string();
+    let mut out = Vec::with_capacity(n);
+    out.push(Err(e));
+    out.extend((1..n).map(|_| Err(StoreError::Commit(reason.clone()))));
+    out
+}
+
+async fn insert_events(
+    pool: &PgPool,
     timeout: Duration,
-    events: Vec<NewEvent>,
+    events: &[NewEvent],
 ) -> Result<Vec<Accepted>, StoreError> {
     let text = |f: fn(&NewEvent) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
     let insert = sqlx::query_as::<_, (i64, String, String)>(ACCEPT_GROUP)
@@ -298,7 +354,7 @@ async fn insert_group(
                 .collect::<Vec<Vec<u8>>>(),
         )
         .bind(events.iter().map(|e| e.received_at.0).collect::<Vec<i64>>())
-        .fetch_all(&pool);
+        .fetch_all(pool);
     let mut ids: HashMap<(String, String), i64> = bounded(timeout, insert)
         .await?
         .into_iter()
@@ -321,7 +377,7 @@ async fn finish_group(
     pool: PgPool,
     timeout: Duration,
     outcomes: Vec<rows::FinishRow>,
-) -> Result<Vec<()>, StoreError> {
+) -> Results<()> {
     // Planned on every call: a plan cached while the table was small joins by
     // scanning it, and turned each group into a scan of the whole table as it
     // grew (15 ms for 8 rows, delivery three times slower, seen in the bench).
@@ -345,7 +401,7 @@ async fn finish_group(
         )
         .execute(&pool);
     bounded(timeout, update).await?;
-    Ok(vec![(); outcomes.len()])
+    Ok(outcomes.iter().map(|_| Ok(())).collect())
 }
 
 /// Caps a database call at the statement timeout, so a connection that hangs

@@ -83,6 +83,14 @@ impl SqliteStore {
     /// is the CLI working beside a running relay and only reads and updates rows.
     pub async fn open(url: &str, role: Role) -> Result<Self, StoreError> {
         let path = path_of(url);
+        if role == Role::Tool && !path.exists() {
+            // An operator's command pointed at the wrong place must say so,
+            // not create an empty store and report that it holds nothing.
+            return Err(StoreError::Unusable(format!(
+                "there is no relay database at {}; set RELAY_DATABASE_URL to the file the relay runs on",
+                path.display()
+            )));
+        }
         let lock = match role {
             Role::Service => lock_file(&path)?,
             Role::Tool => None,
@@ -92,6 +100,12 @@ impl SqliteStore {
             type Opened = (Connection, Connection, Option<Connection>);
             move || -> Result<Opened, StoreError> {
                 let mut conn = connect(&path)?;
+                if role == Role::Tool && schema_version(&conn)? == 0 {
+                    return Err(StoreError::Unusable(format!(
+                        "{} is not a relay database (it has no relay schema); set RELAY_DATABASE_URL to the file the relay runs on",
+                        path.display()
+                    )));
+                }
                 migrate(&mut conn)?;
                 if role == Role::Service {
                     // One process owns this file (the lock above), so no attempt is
@@ -322,6 +336,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -409,37 +427,81 @@ fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Op>) {
 
 impl Writer {
     /// Runs every operation in one transaction and answers them all after the
-    /// commit. If anything fails, nothing of the batch is kept and every caller
-    /// gets the error.
-    ///
-    /// After a failure the connection is thrown away and the next batch opens a
-    /// new one, so no state of the failed transaction can leak into the next.
-    /// (With sqlx, we saw commits after a SQLITE_FULL report success and vanish
-    /// on `kill -9`; the full-disk test guards this.)
+    /// commit. If the batch fails because of what one row holds (a constraint,
+    /// a value too big), each operation is run again in a transaction of its
+    /// own, so the bad one fails alone; any other failure (full disk, I/O
+    /// error) fails the whole batch, and nothing of it is kept.
     fn commit_batch(&mut self, ops: Vec<Op>) {
-        let result = match self.conn.take() {
-            Some(conn) => Ok(conn),
-            None => connect(&self.path),
-        }
-        .and_then(|mut conn| {
-            let done = run_batch(&mut conn, &ops).map_err(StoreError::from);
-            if done.is_ok() {
-                self.conn = Some(conn);
+        let results: Vec<Result<Done, StoreError>> = match self.run(&ops) {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(e) if ops.len() == 1 => vec![Err(refused_or_not(e))],
+            Err(e) if row_specific(&e) => {
+                tracing::warn!(error = %e, operations = ops.len(), "a batch was refused; committing each operation on its own");
+                ops.iter()
+                    .map(|op| {
+                        self.run(std::slice::from_ref(op))
+                            .map(|mut done| done.remove(0))
+                            .map_err(refused_or_not)
+                    })
+                    .collect()
             }
-            done
-        });
-        let failure = result.as_ref().err().map(ToString::to_string);
-        self.committing.store(failure.is_none(), Ordering::Relaxed);
-        if let Some(reason) = &failure {
-            tracing::error!(error = %reason, operations = ops.len(), "store commit failed; the batch was rolled back and the writer reconnects");
+            Err(e) => {
+                let reason = e.to_string();
+                ops.iter()
+                    .map(|_| Err(StoreError::Commit(reason.clone())))
+                    .collect()
+            }
+        };
+        // Ready again as soon as anything commits; not ready while nothing does.
+        let committed = results.iter().any(Result::is_ok)
+            || !results
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::Commit(_))));
+        self.committing.store(committed, Ordering::Relaxed);
+        for (op, result) in ops.into_iter().zip(results) {
+            op.answer(result);
         }
-        let mut done = result.unwrap_or_default().into_iter();
-        for op in ops {
-            op.answer(match failure.as_deref() {
-                None => Ok(done.next()),
-                Some(reason) => Err(reason),
-            });
+    }
+
+    /// One transaction over `ops`. After a failure the connection is thrown
+    /// away and the next call opens a new one, so no state of the failed
+    /// transaction can leak into the next. (With sqlx, we saw commits after a
+    /// SQLITE_FULL report success and vanish on `kill -9`; the full-disk test
+    /// guards this.)
+    fn run(&mut self, ops: &[Op]) -> Result<Vec<Done>, StoreError> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => connect(&self.path)?,
+        };
+        let done = run_batch(&mut conn, ops).map_err(StoreError::from);
+        match &done {
+            Ok(_) => self.conn = Some(conn),
+            Err(e) => {
+                tracing::error!(error = %e, operations = ops.len(), "store commit failed; the transaction was rolled back and the writer reconnects")
+            }
         }
+        done
+    }
+}
+
+/// Errors caused by one row's values rather than by the database file.
+fn row_specific(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if matches!(f.code, ConstraintViolation | TooBig | TypeMismatch))
+}
+
+/// A value SQLite cannot take (too big, wrong type, a CHECK or NOT NULL) is
+/// refused for good; anything else (a trigger, the file) is the store failing.
+fn refused_or_not(e: StoreError) -> StoreError {
+    const TRIGGER: std::ffi::c_int = rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER;
+    match &e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if row_specific(&e) && f.extended_code != TRIGGER =>
+        {
+            StoreError::Refused(e.to_string())
+        }
+        _ => StoreError::Commit(e.to_string()),
     }
 }
 
@@ -589,30 +651,27 @@ fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
 }
 
 impl Op {
-    /// Sends the committed result, or the commit's failure, to whoever asked.
-    fn answer(self, result: Result<Option<Done>, &str>) {
+    /// Sends the committed result, or the failure, to whoever asked.
+    fn answer(self, result: Result<Done, StoreError>) {
         fn send<T>(reply: Reply<T>, value: Result<T, StoreError>) {
             // The caller may have timed out and gone; the result stands anyway.
             let _ = reply.send(value);
         }
-        let failed = |reason: &str| StoreError::Commit(reason.to_owned());
-        let mismatch = || StoreError::Commit("internal: operation and result differ".to_owned());
         match (self, result) {
-            (Op::Accept(_, r), Ok(Some(Done::Accepted(a)))) => send(r, Ok(a)),
-            (Op::Claim { reply, .. }, Ok(Some(Done::Claimed(found)))) => {
+            (Op::Accept(_, r), Ok(Done::Accepted(a))) => send(r, Ok(a)),
+            (Op::Claim { reply, .. }, Ok(Done::Claimed(found))) => {
                 send(reply, found.into_iter().map(Claimed::try_from).collect())
             }
-            (Op::Finish { reply, .. }, Ok(Some(Done::Finished))) => send(reply, Ok(())),
-            (Op::Retry(_, _, r), Ok(Some(Done::Count(n)))) => send(r, Ok(n > 0)),
-            (Op::RetryDead(_, r) | Op::Purge(_, r), Ok(Some(Done::Count(n)))) => send(r, Ok(n)),
+            (Op::Finish { reply, .. }, Ok(Done::Finished)) => send(reply, Ok(())),
+            (Op::Retry(_, _, r), Ok(Done::Count(n))) => send(r, Ok(n > 0)),
+            (Op::RetryDead(_, r) | Op::Purge(_, r), Ok(Done::Count(n))) => send(r, Ok(n)),
             (Op::Close(done), _) => {
                 let _ = done.send(());
             }
             (op, result) => {
-                let error = match result {
-                    Err(reason) => failed(reason),
-                    Ok(_) => mismatch(),
-                };
+                let error = result.err().unwrap_or_else(|| {
+                    StoreError::Commit("internal: operation and result differ".to_owned())
+                });
                 match op {
                     Op::Accept(_, r) => send(r, Err(error)),
                     Op::Claim { reply, .. } => send(reply, Err(error)),

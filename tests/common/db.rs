@@ -113,6 +113,20 @@ impl TestDb {
         }
     }
 
+    /// Makes the database refuse the one event `event_id`, as PostgreSQL
+    /// refuses a value it cannot store (SQLSTATE 22P05, like a NUL).
+    pub async fn refuse_event(&self, event_id: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute_sqlite(&format!("CREATE TRIGGER refuse_one BEFORE INSERT ON deliveries WHEN NEW.event_id = '{event_id}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")).await
+            }
+            Backend::Postgres => {
+                self.execute_postgres(&format!("CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN IF NEW.event_id = '{event_id}' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22P05'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql")).await;
+                self.execute_postgres("CREATE TRIGGER refuse_one BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION refuse_one()").await;
+            }
+        }
+    }
+
     pub async fn allow_inserts(&self) {
         match self.backend {
             Backend::Sqlite => self.execute_sqlite("DROP TRIGGER refuse").await,
