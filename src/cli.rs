@@ -128,10 +128,7 @@ fn serve() -> anyhow::Result<()> {
 fn check_config() -> anyhow::Result<()> {
     let config = Config::from_env().context("configuration error")?;
     println!("listen:               {}", config.listen);
-    println!(
-        "database:             {}",
-        database_display(config.database.url.expose())
-    );
+    println!("database:             {}", config.database.display_url());
     for env in config.environments() {
         let creds = config
             .credentials(env)
@@ -171,17 +168,6 @@ fn check_config() -> anyhow::Result<()> {
     );
     println!("log format:           {:?}", config.log_format);
     Ok(())
-}
-
-/// The database URL without its password.
-fn database_display(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn sign(key: &str, file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -291,13 +277,22 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
     Ok(())
 }
 
-/// Asks the relay on this machine, at the port of RELAY_LISTEN.
+/// Asks the relay on this machine at the address it listens on
+/// (`RELAY_LISTEN`); a wildcard address is probed on the loopback address of
+/// its family, so `[::]:8080` is checked at `[::1]:8080`.
 async fn healthcheck() -> anyhow::Result<()> {
-    let port = std::env::var("RELAY_LISTEN")
+    let listen = std::env::var("RELAY_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".to_owned());
+    let mut addr = std::net::ToSocketAddrs::to_socket_addrs(listen.trim())
         .ok()
-        .and_then(|v| v.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
-        .unwrap_or(8080);
-    let url = format!("http://127.0.0.1:{port}/healthz");
+        .and_then(|mut addrs| addrs.next())
+        .with_context(|| format!("RELAY_LISTEN: `{listen}` is not an address; write HOST:PORT"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/healthz");
     let response = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?

@@ -165,6 +165,40 @@ impl Config {
 }
 
 impl DatabaseConfig {
+    /// The URL as it may be shown (check-config, logs): any password masked,
+    /// in the user-info part or as a query parameter (`password=`,
+    /// `sslpassword=`…). A URL that does not parse is not shown at all.
+    pub fn display_url(&self) -> String {
+        let raw = self.url.expose();
+        if raw.starts_with("sqlite:") {
+            return raw.to_owned();
+        }
+        let Ok(mut url) = reqwest::Url::parse(raw) else {
+            return "<not shown: does not parse as a URL>".to_owned();
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = k.to_ascii_lowercase().contains("password");
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        if !pairs.is_empty() {
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+
     /// Only the store's variables, for commands that work on the store alone.
     pub fn from_env() -> Result<Self, ConfigError> {
         let vars = std::env::vars().filter(|(_, v)| !v.trim().is_empty());
@@ -181,11 +215,13 @@ impl Raw {
                 self.relay_database_pool_size.clone(),
                 "RELAY_DATABASE_POOL_SIZE",
                 10,
+                limit::POOL_SIZE,
             )?,
             statement_timeout: millis(
                 self.relay_database_statement_timeout_ms.clone(),
                 "RELAY_DATABASE_STATEMENT_TIMEOUT_MS",
                 5_000,
+                limit::TIMEOUT_MS,
             )?,
         })
     }
@@ -217,9 +253,10 @@ impl Raw {
             self.relay_delivery_timeout_ms,
             "RELAY_DELIVERY_TIMEOUT_MS",
             10_000,
+            limit::TIMEOUT_MS,
         )?;
         let lease = match self.relay_lease_ms {
-            Some(v) => millis(Some(v), "RELAY_LEASE_MS", 0)?,
+            Some(v) => millis(Some(v), "RELAY_LEASE_MS", 0, limit::LEASE_MS)?,
             // Long enough that an attempt in flight never loses its lease.
             None => delivery_timeout * 2 + Duration::from_secs(30),
         };
@@ -260,12 +297,18 @@ impl Raw {
                 PRODUCTION_URL,
             )?,
             event_types: event_types(self.relay_event_types)?,
-            max_body_bytes: number(self.relay_max_body_bytes, "RELAY_MAX_BODY_BYTES", 262_144)?,
+            max_body_bytes: number(
+                self.relay_max_body_bytes,
+                "RELAY_MAX_BODY_BYTES",
+                262_144,
+                limit::BODY_BYTES,
+            )?,
             delivery_timeout,
             delivery_concurrency: number(
                 self.relay_delivery_concurrency,
                 "RELAY_DELIVERY_CONCURRENCY",
                 32,
+                limit::CONCURRENCY,
             )?,
             retry_schedule: match self.relay_retry_schedule {
                 Some(v) => v.parse().map_err(|e| invalid("RELAY_RETRY_SCHEDULE", e))?,
@@ -275,11 +318,17 @@ impl Raw {
             admin_token: self.relay_admin_token.map(Secret::new),
             admin_listen: address(self.relay_admin_listen, "RELAY_ADMIN_LISTEN")?,
             retention: Duration::from_secs(3600)
-                * number::<u32>(self.relay_retention_hours, "RELAY_RETENTION_HOURS", 168)?,
+                * number::<u32>(
+                    self.relay_retention_hours,
+                    "RELAY_RETENTION_HOURS",
+                    168,
+                    limit::RETENTION_HOURS,
+                )?,
             shutdown_grace: millis(
                 self.relay_shutdown_grace_ms,
                 "RELAY_SHUTDOWN_GRACE_MS",
                 30_000,
+                limit::GRACE_MS,
             )?,
             log_format: match self.relay_log_format.as_deref().map(str::trim) {
                 None | Some("json") => LogFormat::Json,
@@ -333,24 +382,42 @@ fn environment_keys(
     }
 }
 
-fn number<T>(value: Option<String>, var: &'static str, default: T) -> Result<T, ConfigError>
+/// Each number variable's largest accepted value. Beyond these a value is a
+/// typo that would overflow or exhaust something at run time (a worker with
+/// 2^60 slots panicked at start), so start-up refuses it instead.
+mod limit {
+    pub const BODY_BYTES: usize = 64 * 1024 * 1024;
+    pub const POOL_SIZE: u32 = 1_000;
+    pub const TIMEOUT_MS: u64 = 600_000;
+    pub const CONCURRENCY: usize = 1_024;
+    pub const LEASE_MS: u64 = 86_400_000;
+    pub const RETENTION_HOURS: u32 = 87_600;
+    pub const GRACE_MS: u64 = 3_600_000;
+}
+
+fn number<T>(value: Option<String>, var: &'static str, default: T, max: T) -> Result<T, ConfigError>
 where
-    T: std::str::FromStr + PartialOrd + From<u8>,
+    T: std::str::FromStr + PartialOrd + From<u8> + fmt::Display,
 {
     let Some(value) = value else {
         return Ok(default);
     };
     match value.trim().parse::<T>() {
-        Ok(n) if n > T::from(0) => Ok(n),
+        Ok(n) if n > T::from(0) && n <= max => Ok(n),
         _ => Err(invalid(
             var,
-            format!("`{value}` is not a positive whole number"),
+            format!("`{value}` is not a whole number from 1 to {max}"),
         )),
     }
 }
 
-fn millis(value: Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    number(value, var, default).map(Duration::from_millis)
+fn millis(
+    value: Option<String>,
+    var: &'static str,
+    default: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    number(value, var, default, max).map(Duration::from_millis)
 }
 
 fn address(value: Option<String>, var: &'static str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -408,18 +475,15 @@ fn database_url(value: Option<String>) -> Result<Secret, ConfigError> {
     }
 }
 
+/// Like the retry schedule, an empty entry (`","`, `a,,b`) is refused rather
+/// than skipped: it is a typo, and a silently shorter list changes behaviour.
 fn event_types(value: Option<String>) -> Result<Vec<String>, ConfigError> {
     let value = value.unwrap_or_else(|| "payment_approved,payment_declined".to_owned());
-    let types: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if types.is_empty() {
+    let types: Vec<String> = value.split(',').map(|t| t.trim().to_owned()).collect();
+    if types.iter().any(String::is_empty) {
         return Err(invalid(
             "RELAY_EVENT_TYPES",
-            "names no event type; e.g. payment_approved,payment_declined",
+            "has an empty entry; name event types separated by single commas, e.g. payment_approved,payment_declined",
         ));
     }
     Ok(types)
@@ -453,6 +517,29 @@ mod tests {
         assert_eq!(c.production_url.as_str(), PRODUCTION_URL);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.environments().collect::<Vec<_>>(), [Environment::Sandbox]);
+    }
+
+    #[test]
+    fn database_passwords_are_masked_wherever_they_are() {
+        for (url, shown) in [
+            ("postgres://u:hunter2@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?password=hunter2&sslmode=require",
+                "postgres://u@h/db?password=***&sslmode=require",
+            ),
+            (
+                "postgresql://u@h:5433/db?sslpassword=hunter2&PassWord=hunter2",
+                "postgresql://u@h:5433/db?sslpassword=***&PassWord=***",
+            ),
+            ("sqlite:///data/relay.db", "sqlite:///data/relay.db"),
+        ] {
+            let c = DatabaseConfig {
+                url: Secret::new(url),
+                pool_size: 1,
+                statement_timeout: Duration::from_secs(1),
+            };
+            assert_eq!(c.display_url(), shown);
+        }
     }
 
     #[test]
@@ -502,6 +589,38 @@ mod tests {
                     ("RELAY_DATABASE_URL", "mysql://u:hunter2@h/db"),
                 ],
                 "RELAY_DATABASE_URL",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_DELIVERY_CONCURRENCY", "1152921504606846976"),
+                ],
+                "RELAY_DELIVERY_CONCURRENCY",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_DELIVERY_TIMEOUT_MS", "18446744073709551615"),
+                ],
+                "RELAY_DELIVERY_TIMEOUT_MS",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_RETRY_SCHEDULE", ","),
+                ],
+                "RELAY_RETRY_SCHEDULE",
+            ),
+            (
+                &[
+                    ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                    ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                    ("RELAY_EVENT_TYPES", "payment_approved,,payment_declined"),
+                ],
+                "RELAY_EVENT_TYPES",
             ),
         ];
         for (pairs, var) in cases {

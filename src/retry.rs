@@ -16,10 +16,25 @@ pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 pub struct RetrySchedule(Vec<Duration>);
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{item}` is not a duration; write waits like `5s,30s,2m,1h`")]
-pub struct ScheduleError {
-    item: String,
+pub enum ScheduleError {
+    #[error("`{item}` is not a duration; write waits like `5s,30s,2m,1h`")]
+    NotADuration { item: String },
+    #[error(
+        "has an empty entry; write waits like `5s,30s,2m,1h`, with no empty place between commas"
+    )]
+    EmptyEntry,
+    #[error(
+        "`{item}` is longer than {MAX_WAIT_DAYS} days; a payment event must not wait that long"
+    )]
+    TooLong { item: String },
+    #[error("has more than {MAX_RETRIES} waits")]
+    TooMany,
 }
+
+/// Longest single wait accepted: anything longer is a typo, not a schedule.
+const MAX_WAIT_DAYS: u64 = 7;
+/// Most retries accepted (each is a row update and an HTTP request).
+const MAX_RETRIES: usize = 100;
 
 impl RetrySchedule {
     /// The wait after attempt `attempt` (1-based) failed; `None` when the
@@ -49,17 +64,32 @@ impl Default for RetrySchedule {
 impl FromStr for RetrySchedule {
     type Err = ScheduleError;
 
+    /// Every entry must be a duration: `","` or `5s,,30s` is refused, as an
+    /// empty `RELAY_EVENT_TYPES` is, rather than read as fewer retries.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.split(',')
+        let waits = s
+            .split(',')
             .map(str::trim)
-            .filter(|item| !item.is_empty())
             .map(|item| {
-                humantime::parse_duration(item).map_err(|_| ScheduleError {
-                    item: item.to_owned(),
-                })
+                if item.is_empty() {
+                    return Err(ScheduleError::EmptyEntry);
+                }
+                let wait =
+                    humantime::parse_duration(item).map_err(|_| ScheduleError::NotADuration {
+                        item: item.to_owned(),
+                    })?;
+                if wait > Duration::from_secs(MAX_WAIT_DAYS * 86_400) {
+                    return Err(ScheduleError::TooLong {
+                        item: item.to_owned(),
+                    });
+                }
+                Ok(wait)
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map(RetrySchedule)
+            .collect::<Result<Vec<_>, _>>()?;
+        if waits.len() > MAX_RETRIES {
+            return Err(ScheduleError::TooMany);
+        }
+        Ok(RetrySchedule(waits))
     }
 }
 
@@ -77,12 +107,16 @@ impl fmt::Display for RetrySchedule {
 /// Reads `Retry-After` as delta-seconds or an HTTP date, capped at an hour.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    let wait = match value.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => httpdate::parse_http_date(value)
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Seconds too many for a u64 are still "longer than the cap".
+        value
+            .parse::<u64>()
+            .map_or(RETRY_AFTER_CAP, Duration::from_secs)
+    } else {
+        httpdate::parse_http_date(value)
             .ok()?
             .duration_since(now)
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
     };
     Some(wait.min(RETRY_AFTER_CAP))
 }
@@ -108,6 +142,14 @@ mod tests {
         assert_eq!(s.wait_after(0), None);
         assert_eq!(RetrySchedule::default().len(), 11);
         assert!("5s,soon".parse::<RetrySchedule>().is_err());
+        for empty in ["", ",", "5s,,30s", "5s,", " , "] {
+            assert_eq!(
+                empty.parse::<RetrySchedule>(),
+                Err(ScheduleError::EmptyEntry),
+                "{empty:?}"
+            );
+        }
+        assert!("5s,8d".parse::<RetrySchedule>().is_err());
     }
 
     #[test]
@@ -121,6 +163,11 @@ mod tests {
             Some(Duration::from_secs(120))
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        // Beyond what a u64 holds is beyond the cap, not unreadable.
+        assert_eq!(
+            parse_retry_after("99999999999999999999", now),
+            Some(RETRY_AFTER_CAP)
+        );
     }
 
     #[test]

@@ -55,6 +55,20 @@ fn check_config_prints_what_would_run_with_secrets_masked() {
         !stdout.contains("SECRET"),
         "a secret was printed:\n{stdout}"
     );
+
+    // A password given as a query parameter is a password too.
+    let url = "postgres://relay@db.internal/relay?sslmode=require&password=pw-SECRET-six&sslpassword=pw-SECRET-seven";
+    let mut vars = SECRETS.to_vec();
+    vars.retain(|(k, _)| *k != "RELAY_DATABASE_URL");
+    vars.push(("RELAY_DATABASE_URL", url));
+    let out = run(&["check-config"], &vars, b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("sslmode=require"), "{stdout}");
+    assert!(
+        !stdout.contains("SECRET"),
+        "a secret was printed:\n{stdout}"
+    );
 }
 
 #[test]
@@ -72,6 +86,32 @@ fn check_config_fails_naming_the_variable() {
                 ("RELAY_DELIVERY_TIMEOUT_MS", "soon"),
             ],
             "RELAY_DELIVERY_TIMEOUT_MS",
+        ),
+        // Values that would overflow or exhaust something at run time.
+        (
+            &[
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a-SECRET"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s-SECRET"),
+                ("RELAY_DELIVERY_CONCURRENCY", "1152921504606846976"),
+            ],
+            "RELAY_DELIVERY_CONCURRENCY",
+        ),
+        // An empty schedule is refused like empty event types.
+        (
+            &[
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a-SECRET"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s-SECRET"),
+                ("RELAY_RETRY_SCHEDULE", ","),
+            ],
+            "RELAY_RETRY_SCHEDULE",
+        ),
+        (
+            &[
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a-SECRET"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s-SECRET"),
+                ("RELAY_EVENT_TYPES", ","),
+            ],
+            "RELAY_EVENT_TYPES",
         ),
     ];
     for (vars, name) in cases {
@@ -258,4 +298,74 @@ async fn healthcheck_exits_0_only_when_the_relay_answers() {
     let out = run(&["healthcheck"], &[("RELAY_LISTEN", &nobody)], b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));
+}
+
+/// A relay listening elsewhere than 127.0.0.1 is probed where it listens.
+#[tokio::test]
+async fn healthcheck_probes_the_address_the_relay_listens_on() {
+    let accelerate = common::MockAccelerate::start().await;
+    for host in ["127.0.0.2", "[::1]"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let listen = format!("{host}:{}", common::process::free_port());
+        let relay = common::process::RelayProcess::start(
+            dir.path(),
+            &accelerate.url(),
+            &[("RELAY_LISTEN", &listen)],
+        )
+        .await;
+        let out = run(&["healthcheck"], &[("RELAY_LISTEN", &listen)], b"");
+        assert!(
+            out.status.success(),
+            "{listen}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        drop(relay);
+    }
+    // `[::]` is probed on `[::1]`.
+    let dir = tempfile::tempdir().expect("dir");
+    let port = common::process::free_port();
+    let relay = common::process::RelayProcess::start(
+        dir.path(),
+        &accelerate.url(),
+        &[("RELAY_LISTEN", &format!("[::1]:{port}"))],
+    )
+    .await;
+    let wildcard = format!("[::]:{port}");
+    assert!(run(&["healthcheck"], &[("RELAY_LISTEN", &wildcard)], b"")
+        .status
+        .success());
+    drop(relay);
+}
+
+/// The CLI works on an existing store only: pointed at the wrong place it
+/// fails naming RELAY_DATABASE_URL and leaves nothing behind.
+#[test]
+fn deliveries_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("relay.db");
+    let url = format!("sqlite://{}", db.display());
+    for args in [
+        &["deliveries", "list"][..],
+        &["deliveries", "retry-dead"],
+        &["deliveries", "show", "dlv_1"],
+    ] {
+        let out = run(args, &[("RELAY_DATABASE_URL", &url)], b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains("RELAY_DATABASE_URL"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert!(left.is_empty(), "files were created: {left:?}");
+    // Nor does it take an unrelated SQLite file for an empty store.
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("CREATE TABLE notes (x)"))
+        .expect("another file");
+    let out = run(
+        &["deliveries", "list"],
+        &[("RELAY_DATABASE_URL", &url)],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a relay database"));
 }

@@ -223,7 +223,8 @@ async fn hostile_json_that_is_correctly_signed_is_400_and_not_stored() {
     app.stop().await;
 }
 
-async fn post_from(app: &TestApp, forwarded_for: Option<&str>, id: &str) -> u16 {
+/// Each of `forwarded_for` is sent as an `X-Forwarded-For` line of its own.
+async fn post_from(app: &TestApp, forwarded_for: &[&str], id: &str) -> u16 {
     let body = approved_event(id);
     let mut request = app
         .client
@@ -231,8 +232,8 @@ async fn post_from(app: &TestApp, forwarded_for: Option<&str>, id: &str) -> u16 
         .header("authorization", SANDBOX_AUTH)
         .header("cko-signature", sign(SANDBOX_SIG, &body))
         .body(body);
-    if let Some(xff) = forwarded_for {
-        request = request.header("x-forwarded-for", xff);
+    for line in forwarded_for {
+        request = request.header("x-forwarded-for", *line);
     }
     request.send().await.expect("answer").status().as_u16()
 }
@@ -246,12 +247,12 @@ async fn source_allowlist_refuses_other_addresses_with_403() {
     let (_, body) = answer(response).await;
     assert_eq!(body, serde_json::json!({"error": "forbidden_source"}));
     // Without a trusted proxy, X-Forwarded-For is not believed.
-    assert_eq!(post_from(&app, Some("10.1.2.3"), "evt_src2").await, 403);
+    assert_eq!(post_from(&app, &["10.1.2.3"], "evt_src2").await, 403);
     assert_eq!(app.db.count().await, 0);
     app.stop().await;
 
     let app = TestApp::spawn_with(Backend::Sqlite, &[("RELAY_ALLOWED_SOURCES", "127.0.0.1")]).await;
-    assert_eq!(post_from(&app, None, "evt_src3").await, 200);
+    assert_eq!(post_from(&app, &[], "evt_src3").await, 200);
     app.stop().await;
 }
 
@@ -265,15 +266,25 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         ],
     )
     .await;
-    assert_eq!(post_from(&app, Some("203.0.113.7"), "evt_p1").await, 200);
-    assert_eq!(post_from(&app, Some("198.51.100.1"), "evt_p2").await, 403);
+    assert_eq!(post_from(&app, &["203.0.113.7"], "evt_p1").await, 200);
+    assert_eq!(post_from(&app, &["198.51.100.1"], "evt_p2").await, 403);
     // A client cannot prepend an allowed address to its own.
     assert_eq!(
-        post_from(&app, Some("203.0.113.7, 198.51.100.1"), "evt_p3").await,
+        post_from(&app, &["203.0.113.7, 198.51.100.1"], "evt_p3").await,
         403
     );
-    assert_eq!(post_from(&app, None, "evt_p4").await, 403);
-    assert_eq!(app.db.count().await, 1);
+    // Nor with two lines, as when a proxy appends a line of its own
+    // (HAProxy's `option forwardfor`): the lines are one list, in order.
+    assert_eq!(
+        post_from(&app, &["203.0.113.7", "198.51.100.1"], "evt_p5").await,
+        403
+    );
+    assert_eq!(
+        post_from(&app, &["198.51.100.1", "203.0.113.8"], "evt_p6").await,
+        200
+    );
+    assert_eq!(post_from(&app, &[], "evt_p4").await, 403);
+    assert_eq!(app.db.count().await, 2);
     // Probes are not subject to the allowlist.
     let health = app
         .client

@@ -24,8 +24,13 @@ pub fn free_port() -> u16 {
 impl RelayProcess {
     /// Starts the relay on `db` with sandbox on, forwarding to `accelerate_url`,
     /// and waits until it answers `/healthz`.
+    /// A `RELAY_LISTEN` in `extra` is where it listens (and is probed).
     pub async fn start(dir: &Path, accelerate_url: &str, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
+        let listen = extra
+            .iter()
+            .find(|(k, _)| *k == "RELAY_LISTEN")
+            .map_or_else(|| format!("127.0.0.1:{port}"), |(_, v)| (*v).to_owned());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -35,7 +40,7 @@ impl RelayProcess {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RELAY_LISTEN", &listen)
             .env(
                 "RELAY_DATABASE_URL",
                 format!("sqlite://{}", db_path(dir).display()),
@@ -57,7 +62,7 @@ impl RelayProcess {
         let child = command.spawn().expect("start the relay binary");
         let relay = RelayProcess {
             child,
-            address: format!("http://127.0.0.1:{port}"),
+            address: format!("http://{listen}"),
         };
         let client = reqwest::Client::new();
         let url = format!("{}/healthz", relay.address);
