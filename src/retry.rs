@@ -34,7 +34,7 @@ pub enum ScheduleError {
 /// Longest single wait accepted: anything longer is a typo, not a schedule.
 const MAX_WAIT_DAYS: u64 = 7;
 /// Most retries accepted (each is a row update and an HTTP request).
-const MAX_RETRIES: usize = 100;
+const MAX_RETRIES: usize = 1_000;
 
 impl RetrySchedule {
     /// The wait after attempt `attempt` (1-based) failed; `None` when the
