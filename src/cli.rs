@@ -10,7 +10,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DatabaseConfig};
-use crate::store::{DeliveryId, ListFilter, Role, Status, Store, Timestamp};
+use crate::event::Environment;
+use crate::store::{DeliveryId, ListFilter, Role, Store, Timestamp};
 use crate::{telemetry, verify, Application};
 
 #[derive(Parser)]
@@ -62,23 +63,43 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DeliveriesCommand {
-    /// One JSON line per delivery, newest first.
+    /// Deliveries newest first, one line each (`--json`: one JSON object a line).
     List {
         #[arg(long)]
-        status: Option<Status>,
+        status: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
         #[arg(long)]
         accelerate_token: Option<String>,
         #[arg(long)]
         event_id: Option<String>,
-        #[arg(long, default_value_t = 100)]
+        /// RFC 3339 in UTC, e.g. 2026-11-25T18:00:00Z
+        #[arg(long)]
+        received_after: Option<String>,
+        #[arg(long)]
+        received_before: Option<String>,
+        /// At most 500.
+        #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Where the previous page ended (printed after a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
-    /// One delivery as JSON.
-    Show { id: DeliveryId },
+    /// One delivery with its attempt history (`--json` for scripts).
+    Show {
+        id: DeliveryId,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a delivery pending and due now, with the whole retry schedule again.
     Retry { id: DeliveryId },
-    /// Make every dead delivery pending and due now.
-    RetryDead,
+    /// Make every dead delivery (of one environment, or all) pending and due now.
+    RetryDead {
+        #[arg(long)]
+        environment: Option<Environment>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -245,36 +266,98 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
     match command {
         DeliveriesCommand::List {
             status,
+            environment,
             accelerate_token,
             event_id,
+            received_after,
+            received_before,
             limit,
+            cursor,
+            json,
         } => {
-            let filter = ListFilter {
-                status,
-                accelerate_token,
-                event_id,
-                limit,
-            };
-            for delivery in store.list(&filter).await? {
-                println!("{}", serde_json::to_string(&delivery)?);
+            let limit = limit.to_string();
+            let given = [
+                ("status", status),
+                ("environment", environment),
+                ("accelerate_token", accelerate_token),
+                ("event_id", event_id),
+                ("received_after", received_after),
+                ("received_before", received_before),
+                ("cursor", cursor),
+                ("limit", Some(limit)),
+            ];
+            let pairs = given
+                .iter()
+                .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v)));
+            let filter = ListFilter::parse(pairs, 50).map_err(|e| anyhow::anyhow!(e))?;
+            let deliveries = store.list(&filter).await?;
+            for delivery in &deliveries {
+                if json {
+                    println!("{}", serde_json::to_string(delivery)?);
+                } else {
+                    println!("{}", delivery_line(delivery));
+                }
+            }
+            if deliveries.len() == filter.limit as usize {
+                if let Some(last) = deliveries.last() {
+                    eprintln!("more: add --cursor {} for the next page", last.id);
+                }
             }
         }
-        DeliveriesCommand::Show { id } => match store.get(id).await? {
-            Some(delivery) => println!("{}", serde_json::to_string_pretty(&delivery)?),
-            None => bail!("no delivery {id}"),
-        },
+        DeliveriesCommand::Show { id, json } => {
+            let delivery = store
+                .get(id)
+                .await?
+                .with_context(|| format!("no delivery {id}"))?;
+            let attempts = store.attempts(id).await?;
+            if json {
+                let mut value = serde_json::to_value(&delivery)?;
+                value["attempt_history"] = serde_json::to_value(&attempts)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{}", delivery_line(&delivery));
+                if let Some(next) = &delivery.next_attempt_at {
+                    println!("  next attempt at  {next}");
+                }
+                if let Some(at) = &delivery.delivered_at {
+                    println!("  delivered at     {at}");
+                }
+                if let Some(error) = &delivery.last_error {
+                    println!("  last error       {error}");
+                }
+                println!("  attempts:");
+                for a in &attempts {
+                    println!(
+                        "    #{:<3} {}  {:>6} ms  {:<10} {}",
+                        a.attempt,
+                        a.started_at,
+                        a.duration_ms,
+                        a.outcome,
+                        a.message.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
         DeliveriesCommand::Retry { id } => {
             if !store.retry(id, Timestamp::now()).await? {
                 bail!("no delivery {id}");
             }
             println!("{id} is pending and due now");
         }
-        DeliveriesCommand::RetryDead => {
-            let n = store.retry_dead(Timestamp::now()).await?;
+        DeliveriesCommand::RetryDead { environment } => {
+            let n = store.retry_dead(Timestamp::now(), environment).await?;
             println!("{n} dead deliveries are pending and due now");
         }
     }
     Ok(())
+}
+
+/// One delivery on one line, for people.
+fn delivery_line(d: &crate::store::Delivery) -> String {
+    format!(
+        "{:<10} {:<9} {:<10} {}  token {}  attempts {}  received {}",
+        d.id, d.status, d.environment, d.event_id, d.accelerate_token, d.attempts, d.received_at
+    )
 }
 
 /// Asks the relay on this machine at the address it listens on

@@ -13,8 +13,9 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::Config;
 use crate::event::Environment;
+use crate::metrics::Metrics;
 use crate::retry::{next_wait, parse_retry_after, RetrySchedule};
-use crate::store::{Claimed, Outcome, Store, StoreError, Timestamp};
+use crate::store::{AttemptKind, AttemptRecord, Claimed, Outcome, Store, StoreError, Timestamp};
 
 pub const USER_AGENT_VALUE: &str = concat!("accelerate-relay/", env!("CARGO_PKG_VERSION"));
 
@@ -44,6 +45,7 @@ pub struct Worker {
     lease: Duration,
     concurrency: usize,
     wake: Arc<Notify>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Worker {
@@ -66,7 +68,14 @@ impl Worker {
             lease: config.lease,
             concurrency: config.delivery_concurrency.max(1),
             wake,
+            metrics: None,
         })
+    }
+
+    /// Counts every attempt in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Claims one due delivery, attempts it and records the outcome.
@@ -83,7 +92,8 @@ impl Worker {
 
     /// Runs until `stop` turns true, then lets the attempts in flight finish
     /// (up to `grace`; an attempt still running then keeps its lease and is
-    /// made again after restart).
+    /// made again after restart). Deliveries claimed ahead and not started are
+    /// released: due now, their attempt count as it was before the claim.
     ///
     /// Claims run ahead of sending: up to twice `concurrency` deliveries are
     /// claimed and not yet recorded, while at most `concurrency` attempts talk
@@ -131,16 +141,20 @@ impl Worker {
                 let (worker, sending, stop) = (self.clone(), Arc::clone(&sending), stop.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let Ok(slot) = sending.acquire_owned().await else {
+                    let mut stopping = stop.clone();
+                    let slot = tokio::select! {
+                        slot = sending.acquire_owned() => slot.ok(),
+                        _ = stopping.wait_for(|stopped| *stopped) => None,
+                    };
+                    let Some(slot) = slot.filter(|_| !*stop.borrow()) else {
+                        // Claimed ahead but never started: give it back as it
+                        // was, so the attempt number counts attempts made.
+                        worker.release(&claim).await;
                         return;
                     };
-                    if *stop.borrow() {
-                        // Not started: the lease runs out and it is claimed after restart.
-                        return;
-                    }
-                    let (outcome, _) = worker.attempt_and_classify(&claim).await;
+                    let (outcome, _, made) = worker.attempt_and_classify(&claim).await;
                     drop(slot);
-                    if let Err(e) = worker.store.finish(&claim, outcome).await {
+                    if let Err(e) = worker.store.finish(&claim, outcome, made).await {
                         tracing::error!(error = %e, delivery_id = %claim.id, "could not record a delivery attempt; its lease will expire and it will be tried again");
                     }
                 });
@@ -164,6 +178,12 @@ impl Worker {
         }
     }
 
+    async fn release(&self, claim: &Claimed) {
+        if let Err(e) = self.store.release(claim, Timestamp::now()).await {
+            tracing::warn!(error = %e, delivery_id = %claim.id, "could not give back a delivery claimed but not started; it is tried again when its lease runs out");
+        }
+    }
+
     async fn idle_time(&self) -> Duration {
         match self.store.next_due().await {
             Ok(Some(due)) => Timestamp::now()
@@ -174,36 +194,43 @@ impl Worker {
     }
 
     async fn deliver(&self, claim: Claimed) -> Result<Step, StoreError> {
-        let (outcome, step) = self.attempt_and_classify(&claim).await;
-        self.store.finish(&claim, outcome).await?;
+        let (outcome, step, made) = self.attempt_and_classify(&claim).await;
+        self.store.finish(&claim, outcome, made).await?;
         Ok(step)
     }
 
     /// Makes the attempt, decides what happens next and logs it; the caller records it.
-    async fn attempt_and_classify(&self, claim: &Claimed) -> (Outcome, Step) {
+    async fn attempt_and_classify(&self, claim: &Claimed) -> (Outcome, Step, AttemptRecord) {
+        let started_at = Timestamp::now();
         let started = Instant::now();
         let answer = self.attempt(claim).await;
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let (outcome, step) = match answer {
-            Answer::Success(status) => (
+        let duration = started.elapsed();
+        let latency_ms = duration.as_millis() as u64;
+        let made = AttemptRecord {
+            started_at,
+            duration,
+            http_status: answer.status,
+            kind: answer.kind,
+            message: answer.error.clone(),
+        };
+        let (outcome, step) = match answer.error {
+            None => (
                 Outcome::Delivered {
                     at: Timestamp::now(),
-                    status: status.as_u16(),
+                    status: answer.status.unwrap_or(200),
                 },
                 Step::Delivered,
             ),
-            Answer::Failure { error, retry_after } => {
-                match self.schedule.wait_after(claim.schedule_attempt) {
-                    Some(wait) => (
-                        Outcome::Retry {
-                            at: Timestamp::now().plus(next_wait(wait, retry_after)),
-                            error,
-                        },
-                        Step::Retried,
-                    ),
-                    None => (Outcome::Dead { error }, Step::Dead),
-                }
-            }
+            Some(error) => match self.schedule.wait_after(claim.schedule_attempt) {
+                Some(wait) => (
+                    Outcome::Retry {
+                        at: Timestamp::now().plus(next_wait(wait, answer.retry_after)),
+                        error,
+                    },
+                    Step::Retried,
+                ),
+                None => (Outcome::Dead { error }, Step::Dead),
+            },
         };
         match &outcome {
             Outcome::Delivered { status, .. } => tracing::info!(
@@ -212,16 +239,19 @@ impl Worker {
             ),
             Outcome::Retry { at, error } => tracing::warn!(
                 delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
-                attempt = claim.attempt, latency_ms, error = %error, next_attempt_at = %at,
-                outcome = "retry", "delivery attempt"
+                attempt = claim.attempt, latency_ms, error = %error, kind = made.kind.as_str(),
+                next_attempt_at = %at, outcome = "retry", "delivery attempt"
             ),
             Outcome::Dead { error } => tracing::error!(
                 delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
-                attempt = claim.attempt, latency_ms, error = %error, outcome = "dead",
+                attempt = claim.attempt, latency_ms, error = %error, kind = made.kind.as_str(), outcome = "dead",
                 "delivery attempt; the retry schedule is used up, replay it with the admin API or CLI"
             ),
         }
-        (outcome, step)
+        if let Some(metrics) = &self.metrics {
+            metrics.attempt(claim, &made, &outcome);
+        }
+        (outcome, step, made)
     }
 
     async fn attempt(&self, claim: &Claimed) -> Answer {
@@ -249,7 +279,7 @@ impl Worker {
 
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Answer::failure(describe(e, self.timeout)),
+            Err(e) => return Answer::failed(e, self.timeout),
         };
         let status = response.status();
         let retry_after = matches!(
@@ -268,40 +298,47 @@ impl Worker {
                 _ => break,
             }
         }
-        if status.is_success() {
-            Answer::Success(status)
-        } else {
-            Answer::Failure {
-                error: format!("Accelerate answered {status}"),
-                retry_after,
-            }
+        Answer {
+            status: Some(status.as_u16()),
+            kind: AttemptKind::of_status(status.as_u16()),
+            error: (!status.is_success()).then(|| format!("Accelerate answered {status}")),
+            retry_after,
         }
     }
 }
 
-enum Answer {
-    Success(StatusCode),
-    Failure {
-        error: String,
-        retry_after: Option<Duration>,
-    },
+/// What came of one request to Accelerate. `error` is `None` on a 2xx.
+struct Answer {
+    status: Option<u16>,
+    kind: AttemptKind,
+    error: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 impl Answer {
-    fn failure(error: String) -> Self {
-        Answer::Failure {
-            error,
+    fn failed(e: reqwest::Error, timeout: Duration) -> Self {
+        let (kind, error) = if e.is_timeout() {
+            (
+                AttemptKind::Timeout,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )
+        } else if e.is_connect() {
+            (
+                AttemptKind::Connect,
+                "could not connect to Accelerate".to_owned(),
+            )
+        } else {
+            // Without the URL, which could carry credentials.
+            (
+                AttemptKind::Other,
+                format!("request failed: {}", e.without_url()),
+            )
+        };
+        Answer {
+            status: None,
+            kind,
+            error: Some(error),
             retry_after: None,
         }
-    }
-}
-
-fn describe(e: reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        format!("no answer within {} ms", timeout.as_millis())
-    } else if e.is_connect() {
-        "could not connect to Accelerate".to_owned()
-    } else {
-        format!("request failed: {}", e.without_url())
     }
 }

@@ -12,11 +12,13 @@ pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod http;
+pub mod metrics;
 pub mod retention;
 pub mod retry;
 pub mod secret;
 pub mod source;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod verify;
 
@@ -29,14 +31,22 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::deliver::Worker;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::supervise::{supervise, Health};
+
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The running relay: the HTTP server, the delivery worker and the store.
 /// Tests build exactly this, on port 0, never a second wiring of it.
 pub struct Application {
     port: u16,
+    admin_port: Option<u16>,
     server: Server,
+    admin_server: Option<Server>,
     store: Store,
+    health: Health,
     worker: JoinHandle<()>,
     retention: JoinHandle<()>,
     stop: watch::Sender<bool>,
@@ -46,8 +56,9 @@ pub struct Application {
 pub enum StartError {
     #[error("could not open the store: {0}")]
     Store(#[from] StoreError),
-    #[error("RELAY_LISTEN: cannot listen on {addr}: {source}; pick a free port or address")]
+    #[error("{var}: cannot listen on {addr}: {source}; pick a free port or address")]
     Bind {
+        var: &'static str,
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -62,33 +73,69 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let store = Store::open(&config.database, store::Role::Service).await?;
-        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let bind = |var: &'static str, addr| {
+            TcpListener::bind(addr).map_err(|source| StartError::Bind { var, addr, source })
+        };
+        let listener = bind("RELAY_LISTEN", config.listen)?;
         let port = listener.local_addr().map_err(StartError::Server)?.port();
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(bind("RELAY_ADMIN_LISTEN", addr)?),
+            None => None,
+        };
+        let admin_port = match &admin_listener {
+            Some(l) => Some(l.local_addr().map_err(StartError::Server)?.port()),
+            None => None,
+        };
+        let metrics = Metrics::new();
 
         let wake = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
-        let worker = Worker::new(&config, store.clone(), Arc::clone(&wake))?;
-        let worker = tokio::spawn(worker.run(stopped.clone(), config.shutdown_grace));
-        let retention = tokio::spawn(retention::run(store.clone(), config.retention, stopped));
+        let health = Health::default();
+        let worker = Worker::new(&config, store.clone(), Arc::clone(&wake))?
+            .with_metrics(Arc::clone(&metrics));
+        tokio::spawn({
+            let (metrics, mut stopped) = (Arc::clone(&metrics), stopped.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(METRICS_UPKEEP) => metrics.upkeep(),
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        });
+        let worker = supervise("delivery worker", health.clone(), stopped.clone(), {
+            let (stopped, grace) = (stopped.clone(), config.shutdown_grace);
+            move || worker.clone().run(stopped.clone(), grace)
+        });
+        let retention = supervise("retention", health.clone(), stopped.clone(), {
+            let (store, keep) = (store.clone(), config.retention);
+            move || retention::run(store.clone(), keep, stopped.clone())
+        });
 
         let state = http::AppState {
             config: Arc::clone(&config),
             store: store.clone(),
+            health: health.clone(),
+            metrics,
             wake,
         };
-        let server = http::server(listener, state).map_err(StartError::Server)?;
+        let (server, admin_server) =
+            http::servers(listener, admin_listener, state).map_err(StartError::Server)?;
         tracing::info!(
             port,
+            admin_port,
+            admin_api = config.admin_token.is_some(),
             environments = ?config.environments().map(|e| e.as_str()).collect::<Vec<_>>(),
             "accelerate-relay listening"
         );
         Ok(Self {
             port,
+            admin_port,
             server,
+            admin_server,
             store,
+            health,
             worker,
             retention,
             stop,
@@ -99,8 +146,18 @@ impl Application {
         self.port
     }
 
+    /// The admin listener's port, when `RELAY_ADMIN_LISTEN` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
+    }
+
     pub fn store(&self) -> Store {
         self.store.clone()
+    }
+
+    /// The background tasks' health, as `/readyz` reads it.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Stops the server gracefully, as SIGTERM does.
@@ -111,7 +168,16 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or `handle().stop`), then finishes the
     /// requests and delivery attempts in flight and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        // The admin server's future handles its stop command: it must run
+        // beside the webhook server's, not after it.
+        let admin = self
+            .admin_server
+            .map(|server| (server.handle(), tokio::spawn(server)));
         let served = self.server.await;
+        if let Some((handle, running)) = admin {
+            handle.stop(true).await;
+            let _ = running.await;
+        }
         tracing::info!("stopped accepting webhooks; finishing delivery attempts in flight");
         let _ = self.stop.send(true);
         let _ = self.worker.await;

@@ -247,6 +247,7 @@ async fn deliveries_commands_work_on_the_store_beside_a_running_relay() {
             "list",
             "--event-id",
             "evt_az5sblvku4ge3dwpztvyizgcau",
+            "--json",
         ],
         &vars,
         b"",
@@ -261,9 +262,48 @@ async fn deliveries_commands_work_on_the_store_beside_a_running_relay() {
     );
     let id = line["id"].as_str().expect("id").to_owned();
 
-    let show = run(&["deliveries", "show", &id], &vars, b"");
+    let show = run(&["deliveries", "show", &id, "--json"], &vars, b"");
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("JSON");
     assert_eq!(shown["id"], id.as_str());
+    // The attempt history: both attempts, with Accelerate's status.
+    let history = shown["attempt_history"].as_array().expect("history");
+    assert_eq!(history.len(), 2, "{shown}");
+    for (i, attempt) in history.iter().enumerate() {
+        assert_eq!(attempt["attempt"], i + 1);
+        assert_eq!(attempt["http_status"], 500);
+        assert_eq!(attempt["outcome"], "http_5xx");
+    }
+    // For people: one line for the delivery, one per attempt.
+    let human =
+        String::from_utf8_lossy(&run(&["deliveries", "show", &id], &vars, b"").stdout).into_owned();
+    assert!(
+        human.contains("dead") && human.contains("#1") && human.contains("#2"),
+        "{human}"
+    );
+    assert!(
+        !human.contains("7f3c2b1a9e8d"),
+        "token must be redacted: {human}"
+    );
+    // The same filters as the admin API.
+    let none = run(
+        &[
+            "deliveries",
+            "list",
+            "--environment",
+            "production",
+            "--json",
+        ],
+        &vars,
+        b"",
+    );
+    assert!(none.status.success() && none.stdout.is_empty());
+    let bad = run(
+        &["deliveries", "list", "--received-after", "yesterday"],
+        &vars,
+        b"",
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("received_after"));
     assert!(!run(&["deliveries", "show", "dlv_999999"], &vars, b"")
         .status
         .success());

@@ -210,6 +210,82 @@ async fn retry_after_on_other_statuses_is_not_a_reason_to_wait(backend: Backend)
     app.stop().await;
 }
 
+/// A `Retry-After` too large to be a number of seconds is still a wait: the cap.
+async fn retry_after_beyond_any_number_waits_the_cap(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", "100ms")]).await;
+    app.sandbox
+        .script([Reply::RetryAfter(503, "99999999999999999999".into())]);
+    app.send("sandbox", approved_event("evt_ra_huge")).await;
+    app.sandbox.wait_for(1, WAIT).await;
+    let filter = accelerate_relay::store::ListFilter {
+        event_id: Some("evt_ra_huge".into()),
+        ..Default::default()
+    };
+    let failed_once =
+        |d: &accelerate_relay::store::Delivery| d.attempts == 1 && d.last_error.is_some();
+    let recorded = eventually(WAIT, || async {
+        app.store
+            .list(&filter)
+            .await
+            .expect("list")
+            .iter()
+            .any(failed_once)
+    })
+    .await;
+    assert!(recorded, "the failed attempt is recorded");
+    let next = app.store.list(&filter).await.expect("list")[0]
+        .next_attempt_at
+        .clone();
+    let next = humantime::parse_rfc3339(&next.expect("next attempt")).expect("RFC 3339");
+    let wait = next
+        .duration_since(std::time::SystemTime::now())
+        .expect("in the future");
+    assert!(
+        wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3960),
+        "waits {wait:?}, the one-hour cap (+10% jitter at most)"
+    );
+    assert_eq!(app.sandbox.received().len(), 1);
+    app.stop().await;
+}
+
+/// A clean shutdown gives back what was claimed ahead and not started: after
+/// the restart its first real attempt is attempt 1, and it goes out at once
+/// (not after its lease, which on PostgreSQL outlived the shutdown).
+async fn clean_shutdown_spends_no_attempt_it_never_made(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("RELAY_DELIVERY_CONCURRENCY", "1"),
+            ("RELAY_RETRY_SCHEDULE", "1s"),
+        ],
+    )
+    .await;
+    // The first attempt holds the only sending slot while the next is claimed.
+    app.sandbox
+        .script([Reply::Slow(Duration::from_millis(1500), 200)]);
+    app.send("sandbox", approved_event("evt_sd1")).await;
+    app.sandbox.wait_for(1, WAIT).await;
+    app.send("sandbox", approved_event("evt_sd2")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let app = app.restart().await;
+    let filter = accelerate_relay::store::ListFilter {
+        event_id: Some("evt_sd2".into()),
+        ..Default::default()
+    };
+    assert!(
+        app.reaches_status("evt_sd2", "delivered", Duration::from_secs(5))
+            .await
+    );
+    let got = app.sandbox.received();
+    let second: Vec<_> = got.iter().filter(|r| r.event_id() == "evt_sd2").collect();
+    assert_eq!(second.len(), 1, "one attempt");
+    assert_eq!(second[0].header_str("x-relay-attempt"), Some("1"));
+    let stored = app.store.list(&filter).await.expect("list");
+    assert_eq!(stored[0].attempts, 1, "attempts counts attempts made");
+    assert!(app.reaches_status("evt_sd1", "delivered", WAIT).await);
+    app.stop().await;
+}
+
 async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept(backend: Backend) {
     let app = TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", "50ms,50ms")]).await;
     app.sandbox.set_default(Reply::Status(500));
@@ -247,7 +323,7 @@ async fn delivery_is_dead_when_the_schedule_is_used_up_and_kept(backend: Backend
     app.sandbox.set_default(Reply::Status(200));
     let n = app
         .store
-        .retry_dead(accelerate_relay::store::Timestamp::now())
+        .retry_dead(accelerate_relay::store::Timestamp::now(), None)
         .await
         .expect("retry dead");
     assert_eq!(n, 1);
@@ -368,6 +444,8 @@ async fn attempts_in_flight_never_exceed_the_concurrency(backend: Backend) {
 }
 
 on_both_stores!(
+    retry_after_beyond_any_number_waits_the_cap,
+    clean_shutdown_spends_no_attempt_it_never_made,
     attempts_in_flight_never_exceed_the_concurrency,
     fixtures_reach_accelerate_byte_for_byte_with_their_headers,
     sandbox_and_production_never_cross,

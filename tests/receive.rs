@@ -482,6 +482,50 @@ async fn health_and_readiness(backend: Backend) {
     assert!(store.ping().await.is_err(), "a closed store is not ready");
 }
 
+/// A background task that panics is restarted with backoff, and `/readyz`
+/// says so (503, naming it) until it runs again.
+#[tokio::test]
+async fn a_background_task_that_panics_is_restarted_and_readyz_is_503_meanwhile() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    accelerate_relay::supervise::supervise("test task", app.health.clone(), stopped, move || {
+        let runs = Arc::clone(&counted);
+        async move {
+            if runs.fetch_add(1, Ordering::SeqCst) < 4 {
+                panic!("deliberate panic in a background task");
+            }
+            std::future::pending::<()>().await
+        }
+    });
+    let said = eventually(Duration::from_secs(3), || async {
+        let response = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .expect("answer");
+        let (status, body) = answer(response).await;
+        status == 503 && body["tasks"] == json!(["test task"])
+    })
+    .await;
+    assert!(said, "/readyz is 503 naming the task while it is down");
+    let back = eventually(Duration::from_secs(5), || async {
+        readyz(&app.client, &app.address).await == 200
+    })
+    .await;
+    assert!(back, "ready again once the task runs");
+    assert_eq!(runs.load(Ordering::SeqCst), 5, "restarted after each panic");
+    // Webhooks are still accepted meanwhile and after.
+    let (status, body) = app.send_json("sandbox", approved_event("evt_sup")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
+    let _ = stop.send(true);
+    app.stop().await;
+}
+
 on_both_stores!(
     unconfigured_or_unknown_environment_is_404,
     bare_url_is_the_only_configured_environment,

@@ -1,5 +1,6 @@
 //! The actix-web application: routes, limits and the state handlers share.
 
+pub mod admin;
 pub mod ops;
 pub mod webhook;
 
@@ -12,12 +13,17 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::supervise::Health;
 
 /// What every handler can reach.
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
+    /// Which supervised background tasks are down (`/readyz` is 503 then).
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
     /// Tells the delivery worker that an event was just committed.
     pub wake: Arc<Notify>,
 }
@@ -25,41 +31,91 @@ pub struct AppState {
 /// Headers (request line and headers) must arrive within this; slow clients are cut off.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn server(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
-    let grace = state.config.shutdown_grace;
+/// The webhook server and, with `RELAY_ADMIN_LISTEN`, the admin server. The
+/// admin API, `/metrics` (and the console) are served on the admin listener
+/// only when there is one, else on the webhook port; the admin API only with
+/// `RELAY_ADMIN_TOKEN` set. The probes stay on the webhook port.
+pub fn servers(
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    state: AppState,
+) -> std::io::Result<(Server, Option<Server>)> {
+    let grace = state.config.shutdown_grace.as_secs().max(1);
+    let admin_api = state.config.admin_token.is_some();
+    let operator_here = admin_listener.is_none();
     let state = web::Data::new(state);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .route("/healthz", web::get().to(ops::healthz))
-            .route("/readyz", web::get().to(ops::readyz))
-            .route(
-                "/webhooks/checkoutdotcom",
-                web::post().to(webhook::receive_default),
-            )
-            // Static routes first: actix matches them without its regex engine,
-            // which showed in the benchmark's profile.
-            .route(
-                "/webhooks/checkoutdotcom/sandbox",
-                web::post().to(webhook::receive_sandbox),
-            )
-            .route(
-                "/webhooks/checkoutdotcom/production",
-                web::post().to(webhook::receive_production),
-            )
-            .route(
-                "/webhooks/checkoutdotcom/{environment}",
-                web::post().to(webhook::receive_in),
-            )
-            .default_service(web::to(not_found))
+    let webhook = HttpServer::new({
+        let state = state.clone();
+        move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/healthz", web::get().to(ops::healthz))
+                .route("/readyz", web::get().to(ops::readyz))
+                .configure(|cfg| operator_routes(cfg, operator_here, admin_api))
+                .route(
+                    "/webhooks/checkoutdotcom",
+                    web::post().to(webhook::receive_default),
+                )
+                // Static routes first: actix matches them without its regex engine,
+                // which showed in the benchmark's profile.
+                .route(
+                    "/webhooks/checkoutdotcom/sandbox",
+                    web::post().to(webhook::receive_sandbox),
+                )
+                .route(
+                    "/webhooks/checkoutdotcom/production",
+                    web::post().to(webhook::receive_production),
+                )
+                .route(
+                    "/webhooks/checkoutdotcom/{environment}",
+                    web::post().to(webhook::receive_in),
+                )
+                .default_service(web::to(not_found))
+        }
     })
     .client_request_timeout(HEADER_TIMEOUT)
-    .shutdown_timeout(grace.as_secs().max(1))
+    .shutdown_timeout(grace)
     .listen(listener)?
     .run();
-    Ok(server)
+    let admin = match admin_listener {
+        Some(listener) => Some(
+            HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .configure(|cfg| operator_routes(cfg, true, admin_api))
+                    .default_service(web::to(operator_not_found))
+            })
+            .workers(1)
+            .client_request_timeout(HEADER_TIMEOUT)
+            .shutdown_timeout(grace)
+            .listen(listener)?
+            .run(),
+        ),
+        None => None,
+    };
+    Ok((webhook, admin))
 }
 
-async fn not_found() -> HttpResponse {
+fn operator_routes(cfg: &mut web::ServiceConfig, here: bool, admin_api: bool) {
+    if !here {
+        return;
+    }
+    cfg.route("/metrics", web::get().to(ops::metrics));
+    if admin_api {
+        admin::routes(cfg);
+    }
+}
+
+/// Unknown paths on the webhook port are answered and counted like webhooks.
+async fn not_found(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.webhook(None, "not_found", Duration::ZERO);
+    not_found_answer()
+}
+
+async fn operator_not_found() -> HttpResponse {
+    not_found_answer()
+}
+
+fn not_found_answer() -> HttpResponse {
     HttpResponse::NotFound().json(serde_json::json!({ "error": "not_found" }))
 }

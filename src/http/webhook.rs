@@ -63,10 +63,20 @@ async fn respond(
     payload: web::Payload,
     state: &AppState,
 ) -> HttpResponse {
+    let started = std::time::Instant::now();
     let result = receive(environment, req, payload, state).await;
+    let took = started.elapsed();
     match &result {
-        Ok(answer) => answer.log(),
-        Err(error) => error.log(environment),
+        Ok(answer) => {
+            answer.log();
+            let (env, code) = answer.label();
+            state.metrics.webhook(Some(env), code, took);
+        }
+        Err(error) => {
+            error.log(environment);
+            let env = resolve_environment(environment, &state.config).ok();
+            state.metrics.webhook(env, error.code(), took);
+        }
     }
     match result {
         Ok(answer) => answer.into_response(),
@@ -94,6 +104,20 @@ enum Answer {
 }
 
 impl Answer {
+    /// The environment and the `result` label of the metrics.
+    fn label(&self) -> (Environment, &'static str) {
+        match self {
+            Answer::Ignored {
+                environment,
+                reason: "event_type",
+                ..
+            } => (*environment, "ignored_event_type"),
+            Answer::Ignored { environment, .. } => (*environment, "ignored_no_accelerate_token"),
+            Answer::Duplicate { environment, .. } => (*environment, "duplicate"),
+            Answer::Accepted { environment, .. } => (*environment, "accepted"),
+        }
+    }
+
     fn into_response(self) -> HttpResponse {
         HttpResponse::Ok().json(match self {
             Answer::Ignored { reason, .. } => json!({ "status": "ignored", "reason": reason }),

@@ -61,12 +61,46 @@ impl Store {
         }
     }
 
-    /// Records how an attempt ended. Ignored when the lease was lost and the
-    /// delivery claimed again since (the attempt number no longer matches).
-    pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
+    /// Records how an attempt ended, and the attempt in the delivery's history,
+    /// in one transaction. The outcome is ignored when the lease was lost and
+    /// the delivery claimed again since (the attempt number no longer
+    /// matches); the attempt is recorded anyway, since it was made.
+    pub async fn finish(
+        &self,
+        claim: &Claimed,
+        outcome: Outcome,
+        attempt: AttemptRecord,
+    ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.finish(claim, outcome).await,
-            Store::Postgres(s) => s.finish(claim, outcome).await,
+            Store::Sqlite(s) => s.finish(claim, outcome, attempt).await,
+            Store::Postgres(s) => s.finish(claim, outcome, attempt).await,
+        }
+    }
+
+    /// A delivery's attempts, oldest first.
+    pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.attempts(id).await,
+            Store::Postgres(s) => s.attempts(id).await,
+        }
+    }
+
+    /// Pending and dead counts and the oldest pending event per environment,
+    /// for the metrics scrape. Reads the pending rows through the due index
+    /// and the dead ones through an index of their own.
+    pub async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.gauges().await,
+            Store::Postgres(s) => s.gauges().await,
+        }
+    }
+
+    /// Gives back a claim whose attempt was never started (a clean shutdown):
+    /// lease cleared, due at `now`, the attempt count as before the claim.
+    pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.release(claim, now).await,
+            Store::Postgres(s) => s.release(claim, now).await,
         }
     }
 
@@ -100,11 +134,16 @@ impl Store {
         }
     }
 
-    /// Makes every dead delivery pending and due now; returns how many.
-    pub async fn retry_dead(&self, now: Timestamp) -> Result<u64, StoreError> {
+    /// Makes every dead delivery (of `environment`, or of both) pending and
+    /// due now; returns how many.
+    pub async fn retry_dead(
+        &self,
+        now: Timestamp,
+        environment: Option<Environment>,
+    ) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => s.retry_dead(now).await,
-            Store::Postgres(s) => s.retry_dead(now).await,
+            Store::Sqlite(s) => s.retry_dead(now, environment).await,
+            Store::Postgres(s) => s.retry_dead(now, environment).await,
         }
     }
 
@@ -344,6 +383,88 @@ pub enum Outcome {
     Dead { error: String },
 }
 
+/// How an attempt ended, as the history and the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptKind {
+    Delivered,
+    Http3xx,
+    Http4xx,
+    Http429,
+    Http5xx,
+    Timeout,
+    Connect,
+    Other,
+}
+
+impl AttemptKind {
+    pub const ALL: [AttemptKind; 8] = [
+        AttemptKind::Delivered,
+        AttemptKind::Http3xx,
+        AttemptKind::Http4xx,
+        AttemptKind::Http429,
+        AttemptKind::Http5xx,
+        AttemptKind::Timeout,
+        AttemptKind::Connect,
+        AttemptKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::Delivered => "delivered",
+            AttemptKind::Http3xx => "http_3xx",
+            AttemptKind::Http4xx => "http_4xx",
+            AttemptKind::Http429 => "http_429",
+            AttemptKind::Http5xx => "http_5xx",
+            AttemptKind::Timeout => "timeout",
+            AttemptKind::Connect => "connect",
+            AttemptKind::Other => "other",
+        }
+    }
+
+    /// The kind of an answer Accelerate gave.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            200..=299 => AttemptKind::Delivered,
+            429 => AttemptKind::Http429,
+            300..=399 => AttemptKind::Http3xx,
+            400..=499 => AttemptKind::Http4xx,
+            500..=599 => AttemptKind::Http5xx,
+            _ => AttemptKind::Other,
+        }
+    }
+}
+
+/// One attempt as it was made, for the delivery's history.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub started_at: Timestamp,
+    pub duration: Duration,
+    pub http_status: Option<u16>,
+    pub kind: AttemptKind,
+    /// Short and about the transport or status only: never a body or header.
+    pub message: Option<String>,
+}
+
+/// One attempt as operators see it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub http_status: Option<u16>,
+    pub outcome: String,
+    pub message: Option<String>,
+}
+
+/// What the metrics scrape reads from the store, per environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub environment: String,
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending: Option<Timestamp>,
+}
+
 /// A delivery as operators see it (no body, no headers, redacted token).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Delivery {
@@ -360,10 +481,71 @@ pub struct Delivery {
     pub delivered_at: Option<String>,
 }
 
+impl ListFilter {
+    /// Most deliveries one page lists.
+    pub const MAX_LIMIT: u32 = 500;
+
+    /// Reads `name=value` pairs (the admin API's query, the CLI's flags); an
+    /// unknown name is an error rather than a filter silently not applied.
+    pub fn parse<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        default_limit: u32,
+    ) -> Result<Self, String> {
+        fn typed<T: FromStr>(name: &str, value: &str) -> Result<T, String>
+        where
+            T::Err: fmt::Display,
+        {
+            value.parse().map_err(|e| format!("{name}: {e}"))
+        }
+        fn time(name: &str, value: &str) -> Result<Timestamp, String> {
+            humantime::parse_rfc3339_weak(value)
+                .map(Timestamp::from)
+                .map_err(|_| {
+                    format!("{name}: `{value}` is not an RFC 3339 time in UTC, e.g. 2026-11-25T18:00:00Z")
+                })
+        }
+        let mut filter = ListFilter {
+            limit: default_limit,
+            ..ListFilter::default()
+        };
+        for (name, value) in pairs {
+            match name {
+                "status" => filter.status = Some(typed(name, value)?),
+                "environment" => filter.environment = Some(typed(name, value)?),
+                "accelerate_token" => filter.accelerate_token = Some(value.to_owned()),
+                "event_id" => filter.event_id = Some(value.to_owned()),
+                "received_after" => filter.received_after = Some(time(name, value)?),
+                "received_before" => filter.received_before = Some(time(name, value)?),
+                "cursor" => filter.before = Some(typed(name, value)?),
+                "limit" => {
+                    filter.limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=Self::MAX_LIMIT).contains(n))
+                        .ok_or_else(|| format!("limit: must be 1 to {}", Self::MAX_LIMIT))?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown filter `{other}`; use status, environment, accelerate_token, \
+                         event_id, received_after, received_before, limit or cursor"
+                    ))
+                }
+            }
+        }
+        Ok(filter)
+    }
+}
+
+/// Every field narrows the list; `before` is the keyset cursor (the listing
+/// is newest first, so the next page holds ids below the last one shown).
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
     pub status: Option<Status>,
+    pub environment: Option<Environment>,
     pub accelerate_token: Option<String>,
     pub event_id: Option<String>,
+    pub received_after: Option<Timestamp>,
+    pub received_before: Option<Timestamp>,
+    pub before: Option<DeliveryId>,
     pub limit: u32,
 }

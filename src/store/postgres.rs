@@ -19,12 +19,13 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::rows::{self, ClaimRow, DeliveryRow};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, Value};
 use super::{
-    Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, Role, StoreError,
-    Timestamp,
+    Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
+    NewEvent, Outcome, Role, StoreError, Timestamp,
 };
 use crate::config::DatabaseConfig;
+use crate::event::Environment;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -43,14 +44,21 @@ const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
      $5::bytea[], $6::bytea[], $7::int8[]) AS u(e, i, t, k, b, h, r) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
 
-/// Records a group of outcomes in one statement; each row keeps its own
-/// fences (attempt number, lease), as `rows::finish_one_sql` has them.
+/// Records a group of outcomes and their attempts in one statement (one
+/// commit); each outcome keeps its own fences (attempt number, lease), as
+/// `rows::finish_one_sql` has them, while every attempt made is recorded.
 static FINISH_GROUP: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE deliveries SET {} FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], \
-         $5::int8[], $6::text[]) AS u(id, attempt, status, at, http_status, error) \
+        "WITH u AS (SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], \
+         $5::int8[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::text[]) \
+         AS u(id, attempt, status, at, http_status, error, started_at, duration_ms, \
+         attempt_status, kind, message)), \
+         outcome AS (UPDATE deliveries SET {} FROM u \
          WHERE deliveries.id = u.id AND deliveries.attempts = u.attempt \
-         AND deliveries.status = 'pending' AND deliveries.leased_until IS NOT NULL",
+         AND deliveries.status = 'pending' AND deliveries.leased_until IS NOT NULL) \
+         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, outcome, message) \
+         SELECT u.id, u.attempt, u.started_at, u.duration_ms, u.attempt_status, u.kind, u.message \
+         FROM u WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id) ON CONFLICT DO NOTHING",
         rows::finish_set("u.status", "u.at", "u.http_status", "u.error")
     )
 });
@@ -127,9 +135,38 @@ impl PgStore {
 
     /// Outcomes are committed in groups too: without, each was a WAL flush of
     /// its own, about one per event delivered.
-    pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
-        let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome);
+    pub async fn finish(
+        &self,
+        claim: &Claimed,
+        outcome: Outcome,
+        attempt: AttemptRecord,
+    ) -> Result<(), StoreError> {
+        let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome, &attempt);
         self.outcomes.submit(row, self.timeout).await
+    }
+
+    pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
+        let found: Vec<AttemptRow> = sqlx::query_as(rows::ATTEMPTS)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(found.into_iter().map(AttemptView::from).collect())
+    }
+
+    /// Bounded by the statement timeout, so a slow database cannot hang a scrape.
+    pub async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
+        let query = sqlx::query_as::<_, (String, i64, i64, Option<i64>)>(rows::GAUGES)
+            .fetch_all(&self.pool);
+        Ok(bounded(self.timeout, query)
+            .await?
+            .into_iter()
+            .map(|(environment, pending, dead, oldest)| Gauges {
+                environment,
+                pending: pending.try_into().unwrap_or(0),
+                dead: dead.try_into().unwrap_or(0),
+                oldest_pending: oldest.map(Timestamp),
+            })
+            .collect())
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -148,15 +185,28 @@ impl PgStore {
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
-        let (status, token, event_id, limit) = rows::list_binds(filter);
-        let found: Vec<DeliveryRow> = sqlx::query_as(&rows::list_sql())
-            .bind(status)
-            .bind(token)
-            .bind(event_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let sql = rows::list_sql();
+        let mut query = sqlx::query_as::<_, DeliveryRow>(&sql);
+        for value in rows::list_values(filter) {
+            query = match value {
+                Value::Int(n) => query.bind(n),
+                Value::Text(t) => query.bind(t),
+                Value::Blob(b) => query.bind(b),
+                Value::Null => query.bind(None::<i64>),
+                Value::NullText => query.bind(None::<&str>),
+            };
+        }
+        let found = bounded(self.timeout, query.fetch_all(&self.pool)).await?;
         Ok(found.into_iter().map(Delivery::from).collect())
+    }
+
+    pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
+        let release = sqlx::query(rows::RELEASE)
+            .bind(claim.id.0)
+            .bind(i64::from(claim.attempt))
+            .bind(now.0)
+            .execute(&self.pool);
+        bounded(self.timeout, release).await.map(|_| ())
     }
 
     pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
@@ -168,14 +218,20 @@ impl PgStore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn retry_dead(&self, now: Timestamp) -> Result<u64, StoreError> {
+    pub async fn retry_dead(
+        &self,
+        now: Timestamp,
+        environment: Option<Environment>,
+    ) -> Result<u64, StoreError> {
         let done = sqlx::query(rows::RETRY_DEAD)
             .bind(now.0)
+            .bind(environment.map(|e| e.as_str()))
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
     }
 
+    /// Attempts go with their deliveries (the foreign key cascades).
     pub async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
@@ -397,6 +453,21 @@ async fn finish_group(
             outcomes
                 .iter()
                 .map(|o| o.error.as_deref())
+                .collect::<Vec<Option<&str>>>(),
+        )
+        .bind(outcomes.iter().map(|o| o.started_at).collect::<Vec<i64>>())
+        .bind(outcomes.iter().map(|o| o.duration_ms).collect::<Vec<i64>>())
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.attempt_status)
+                .collect::<Vec<Option<i64>>>(),
+        )
+        .bind(outcomes.iter().map(|o| o.kind).collect::<Vec<&str>>())
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.message.as_deref())
                 .collect::<Vec<Option<&str>>>(),
         )
         .execute(&pool);

@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 
 use super::{
-    Claimed, Delivery, DeliveryId, ForwardHeaders, ListFilter, Outcome, StoreError, Timestamp,
+    AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, ForwardHeaders, ListFilter, Outcome,
+    StoreError, Timestamp,
 };
 use crate::event::{redact, Environment};
 
@@ -67,7 +68,7 @@ pub fn finish_one_sql() -> &'static str {
     &SQL
 }
 
-/// An outcome as stored.
+/// An outcome as stored, with the attempt that led to it.
 #[derive(Clone, Debug)]
 pub struct FinishRow {
     pub id: i64,
@@ -76,10 +77,34 @@ pub struct FinishRow {
     pub at: Option<i64>,
     pub http_status: Option<i64>,
     pub error: Option<String>,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub attempt_status: Option<i64>,
+    pub kind: &'static str,
+    pub message: Option<String>,
 }
 
+/// `$1` delivery, `$2` attempt, `$3` started, `$4` duration, `$5` Accelerate's
+/// status, `$6` outcome kind, `$7` message. An attempt is recorded once.
+pub const RECORD_ATTEMPT: &str = "INSERT INTO attempts \
+     (delivery_id, attempt, started_at, duration_ms, http_status, outcome, message) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+
+pub const ATTEMPTS: &str =
+    "SELECT attempt, started_at, duration_ms, http_status, outcome, message \
+     FROM attempts WHERE delivery_id = $1 ORDER BY attempt";
+
+/// Per environment: pending count and oldest, dead count.
+pub const GAUGES: &str = "SELECT environment, \
+     SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), \
+     SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), \
+     MIN(CASE WHEN status = 'pending' THEN received_at END) \
+     FROM (SELECT environment, status, received_at FROM deliveries WHERE status = 'pending' \
+     UNION ALL SELECT environment, status, received_at FROM deliveries WHERE status = 'dead') AS open \
+     GROUP BY environment";
+
 impl FinishRow {
-    pub fn new(id: DeliveryId, attempt: u32, outcome: &Outcome) -> Self {
+    pub fn new(id: DeliveryId, attempt: u32, outcome: &Outcome, made: &AttemptRecord) -> Self {
         let (status, at, http_status, error) = match outcome {
             Outcome::Delivered { at, status } => {
                 ("delivered", Some(at.0), Some(i64::from(*status)), None)
@@ -94,7 +119,25 @@ impl FinishRow {
             at,
             http_status,
             error,
+            started_at: made.started_at.0,
+            duration_ms: i64::try_from(made.duration.as_millis()).unwrap_or(i64::MAX),
+            attempt_status: made.http_status.map(i64::from),
+            kind: made.kind.as_str(),
+            message: made.message.clone(),
         }
+    }
+
+    /// The `$N` values of `RECORD_ATTEMPT`.
+    pub fn attempt_values(&self) -> [Value<'_>; 7] {
+        [
+            Value::Int(self.id),
+            Value::Int(self.attempt),
+            Value::Int(self.started_at),
+            Value::Int(self.duration_ms),
+            self.attempt_status.map_or(Value::Null, Value::Int),
+            Value::Text(self.kind),
+            self.message.as_deref().into(),
+        ]
     }
 
     /// The `$N` values of `finish_one_sql`.
@@ -117,25 +160,39 @@ pub enum Value<'a> {
     Int(i64),
     Text(&'a str),
     Blob(&'a [u8]),
+    /// A NULL where a number stands.
     Null,
+    /// A NULL where text stands (PostgreSQL needs to know which).
+    NullText,
 }
 
 impl<'a> From<Option<&'a str>> for Value<'a> {
     fn from(text: Option<&'a str>) -> Self {
-        text.map_or(Value::Null, Value::Text)
+        text.map_or(Value::NullText, Value::Text)
     }
 }
+
+/// `$1` id, `$2` the attempt number claimed, `$3` now. Fenced like an
+/// outcome, so it never undoes a newer claim or a manual retry.
+pub const RELEASE: &str = "UPDATE deliveries SET next_attempt_at = $3, leased_until = NULL, \
+     attempts = attempts - 1 WHERE id = $1 AND attempts = $2 AND status = 'pending' \
+     AND leased_until IS NOT NULL";
 
 /// A manual retry gets the whole schedule again; attempts keep counting up so
 /// `X-Relay-Attempt` never repeats.
 pub const RETRY_ONE: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, \
      leased_until = NULL, attempts_base = attempts WHERE id = $1";
+/// `$1` now, `$2` environment (NULL for both).
 pub const RETRY_DEAD: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
-     leased_until = NULL, attempts_base = attempts WHERE status = 'dead'";
+     leased_until = NULL, attempts_base = attempts WHERE status = 'dead' \
+     AND ($2 IS NULL OR environment = $2)";
 
-/// Bounded, so one purge never holds the writer for long.
+/// Bounded, so one purge never holds the writer for long. The attempts go
+/// first, then their deliveries: both pick the same oldest ids.
+pub const PURGE_ATTEMPTS: &str = "DELETE FROM attempts WHERE delivery_id IN \
+     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 ORDER BY id LIMIT $2)";
 pub const PURGE_DELIVERED: &str = "DELETE FROM deliveries WHERE id IN \
-     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 LIMIT $2)";
+     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 ORDER BY id LIMIT $2)";
 
 /// A leased delivery counts as due when its lease runs out.
 pub const NEXT_DUE: &str =
@@ -150,22 +207,59 @@ pub fn get_sql() -> String {
     format!("{DELIVERY_COLUMNS} WHERE id = $1")
 }
 
-/// `$1` status, `$2` token, `$3` event id (each NULL for "any"), `$4` limit.
+/// `$1` status, `$2` token, `$3` event id, `$4` environment, `$5` received at
+/// or after, `$6` received before, `$7` id below (each NULL for "any"), `$8`
+/// limit. Newest first.
 pub fn list_sql() -> String {
     format!(
         "{DELIVERY_COLUMNS} WHERE ($1 IS NULL OR status = $1) \
          AND ($2 IS NULL OR accelerate_token = $2) AND ($3 IS NULL OR event_id = $3) \
-         ORDER BY id DESC LIMIT $4"
+         AND ($4 IS NULL OR environment = $4) AND ($5 IS NULL OR received_at >= $5) \
+         AND ($6 IS NULL OR received_at < $6) AND ($7 IS NULL OR id < $7) \
+         ORDER BY id DESC LIMIT $8"
     )
 }
 
-pub fn list_binds(filter: &ListFilter) -> (Option<&'static str>, Option<&str>, Option<&str>, i64) {
-    (
-        filter.status.map(|s| s.as_str()),
-        filter.accelerate_token.as_deref(),
-        filter.event_id.as_deref(),
-        i64::from(if filter.limit == 0 { 100 } else { filter.limit }),
-    )
+/// The `$N` values of `list_sql`.
+pub fn list_values(filter: &ListFilter) -> [Value<'_>; 8] {
+    let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+    [
+        filter.status.map(|s| s.as_str()).into(),
+        filter.accelerate_token.as_deref().into(),
+        filter.event_id.as_deref().into(),
+        filter.environment.map(|e| e.as_str()).into(),
+        int(filter.received_after.map(|t| t.0)),
+        int(filter.received_before.map(|t| t.0)),
+        int(filter.before.map(|id| id.0)),
+        Value::Int(i64::from(if filter.limit == 0 {
+            100
+        } else {
+            filter.limit
+        })),
+    ]
+}
+
+#[derive(sqlx::FromRow)]
+pub struct AttemptRow {
+    pub(super) attempt: i64,
+    pub(super) started_at: i64,
+    pub(super) duration_ms: i64,
+    pub(super) http_status: Option<i64>,
+    pub(super) outcome: String,
+    pub(super) message: Option<String>,
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(row: AttemptRow) -> Self {
+        AttemptView {
+            attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
+            started_at: Timestamp(row.started_at).to_string(),
+            duration_ms: u64::try_from(row.duration_ms).unwrap_or(0),
+            http_status: row.http_status.and_then(|s| u16::try_from(s).ok()),
+            outcome: row.outcome,
+            message: row.message,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -15,16 +15,19 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{self, ClaimRow, DeliveryRow, Value};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, Value};
 use super::{
-    Accepted, Claimed, Delivery, DeliveryId, ListFilter, NewEvent, Outcome, Role, StoreError,
-    Timestamp,
+    Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
+    NewEvent, Outcome, Role, StoreError, Timestamp,
 };
+use crate::event::Environment;
+use crate::supervise::supervise_thread;
 
 /// Schema versions, applied in order and recorded in `PRAGMA user_version`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_deliveries.sql"),
     include_str!("../../migrations/sqlite/0002_due_index_first.sql"),
+    include_str!("../../migrations/sqlite/0003_attempts.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -53,8 +56,14 @@ pub struct SqliteStore {
     /// False while the last batch failed to commit (full disk, I/O error): the
     /// database still reads, but the relay cannot accept anything.
     committing: Arc<AtomicBool>,
+    /// False while the writer or checkpointer thread waits to be restarted
+    /// after a panic.
+    threads_up: Arc<[AtomicBool; 2]>,
     closed: Arc<AtomicBool>,
 }
+
+const WRITER: usize = 0;
+const CHECKPOINTER: usize = 1;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -66,14 +75,15 @@ enum Op {
         limit: u32,
         reply: Reply<Vec<Claimed>>,
     },
-    Finish {
+    Finish(Box<rows::FinishRow>, Reply<()>),
+    Release {
         id: DeliveryId,
         attempt: u32,
-        outcome: Outcome,
-        reply: Reply<()>,
+        now: Timestamp,
+        reply: Reply<u64>,
     },
     Retry(DeliveryId, Timestamp, Reply<bool>),
-    RetryDead(Timestamp, Reply<u64>),
+    RetryDead(Timestamp, Option<Environment>, Reply<u64>),
     Purge(Timestamp, Reply<u64>),
     Close(oneshot::Sender<()>),
 }
@@ -129,23 +139,34 @@ impl SqliteStore {
         let reader = Arc::new(Mutex::new(reader));
         let committing = Arc::new(AtomicBool::new(true));
         let closed = Arc::new(AtomicBool::new(false));
-        let (writer, rx) = mpsc::channel(QUEUE);
-        let state = Writer {
+        let threads_up = Arc::new([AtomicBool::new(true), AtomicBool::new(true)]);
+        let (writer, mut rx) = mpsc::channel(QUEUE);
+        let mut state = Writer {
             path,
             conn: Some(conn),
             committing: Arc::clone(&committing),
             _lock: lock,
         };
+        let up = Arc::clone(&threads_up);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_loop(state, rx))
+            .spawn(move || {
+                supervise_thread("sqlite writer", &up[WRITER], || {
+                    write_loop(&mut state, &mut rx)
+                })
+            })
             .map_err(|e| StoreError::Unusable(format!("cannot start the writer thread: {e}")))?;
         let checkpointer = match checkpoints {
             Some(conn) => {
                 let (stop, stopped) = std::sync::mpsc::channel();
+                let up = Arc::clone(&threads_up);
                 std::thread::Builder::new()
                     .name("sqlite-checkpoint".into())
-                    .spawn(move || checkpoint_loop(&conn, &stopped))
+                    .spawn(move || {
+                        supervise_thread("sqlite checkpointer", &up[CHECKPOINTER], || {
+                            checkpoint_loop(&conn, &stopped)
+                        })
+                    })
                     .map_err(|e| {
                         StoreError::Unusable(format!("cannot start the checkpoint thread: {e}"))
                     })?;
@@ -158,6 +179,7 @@ impl SqliteStore {
             reader,
             checkpointer,
             committing,
+            threads_up,
             closed,
         })
     }
@@ -184,22 +206,75 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn finish(&self, claim: &Claimed, outcome: Outcome) -> Result<(), StoreError> {
-        self.call(|reply| Op::Finish {
+    pub async fn finish(
+        &self,
+        claim: &Claimed,
+        outcome: Outcome,
+        attempt: AttemptRecord,
+    ) -> Result<(), StoreError> {
+        let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome, &attempt);
+        self.call(|reply| Op::Finish(Box::new(row), reply)).await
+    }
+
+    pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(rows::ATTEMPTS)?;
+            bind(&mut stmt, &[Value::Int(id.0)])?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(AttemptView::from(AttemptRow {
+                    attempt: row.get(0)?,
+                    started_at: row.get(1)?,
+                    duration_ms: row.get(2)?,
+                    http_status: row.get(3)?,
+                    outcome: row.get(4)?,
+                    message: row.get(5)?,
+                }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(rows::GAUGES)?;
+            let found = stmt.query_map([], |row| {
+                Ok(Gauges {
+                    environment: row.get(0)?,
+                    pending: row.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    dead: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                    oldest_pending: row.get::<_, Option<i64>>(3)?.map(Timestamp),
+                })
+            })?;
+            Ok(found.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
+        self.call(|reply| Op::Release {
             id: claim.id,
             attempt: claim.attempt,
-            outcome,
+            now,
             reply,
         })
         .await
+        .map(|_| ())
     }
 
     pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
         self.call(|reply| Op::Retry(id, now, reply)).await
     }
 
-    pub async fn retry_dead(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.call(|reply| Op::RetryDead(now, reply)).await
+    pub async fn retry_dead(
+        &self,
+        now: Timestamp,
+        environment: Option<Environment>,
+    ) -> Result<u64, StoreError> {
+        self.call(|reply| Op::RetryDead(now, environment, reply))
+            .await
     }
 
     pub async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
@@ -237,17 +312,8 @@ impl SqliteStore {
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
         let filter = filter.clone();
         self.read(move |conn| {
-            let (status, token, event_id, limit) = rows::list_binds(&filter);
             let mut stmt = conn.prepare_cached(&rows::list_sql())?;
-            bind(
-                &mut stmt,
-                &[
-                    status.into(),
-                    token.into(),
-                    event_id.into(),
-                    Value::Int(limit),
-                ],
-            )?;
+            bind(&mut stmt, &rows::list_values(&filter))?;
             let mut found = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = found.next()? {
@@ -261,6 +327,12 @@ impl SqliteStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         if self.closed.load(Ordering::Relaxed) || self.writer.is_closed() {
             return Err(StoreError::Closed);
+        }
+        if self.threads_up.iter().any(|up| !up.load(Ordering::Relaxed)) {
+            return Err(StoreError::Unusable(
+                "a store thread panicked and is being restarted; see the error in the log"
+                    .to_owned(),
+            ));
         }
         if !self.committing.load(Ordering::Relaxed) {
             return Err(StoreError::Commit(
@@ -395,7 +467,8 @@ struct Writer {
     _lock: Option<File>,
 }
 
-fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Op>) {
+/// Returns when the store is closed (or every sender is gone).
+fn write_loop(writer: &mut Writer, rx: &mut mpsc::Receiver<Op>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -574,31 +647,37 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
             }
             Done::Claimed(claimed)
         }
-        Op::Finish {
-            id,
-            attempt,
-            outcome,
-            ..
-        } => {
-            let row = rows::FinishRow::new(*id, *attempt, outcome);
-            let mut stmt = conn.prepare_cached(rows::finish_one_sql())?;
-            bind(&mut stmt, &row.values())?;
-            stmt.raw_execute()?;
+        Op::Finish(row, _) => {
+            execute(conn, rows::finish_one_sql(), &row.values())?;
+            execute(conn, rows::RECORD_ATTEMPT, &row.attempt_values())?;
             Done::Finished
         }
+        Op::Release {
+            id, attempt, now, ..
+        } => Done::Count(execute(
+            conn,
+            rows::RELEASE,
+            &[
+                Value::Int(id.0),
+                Value::Int(i64::from(*attempt)),
+                Value::Int(now.0),
+            ],
+        )?),
         Op::Retry(id, now, _) => Done::Count(execute(
             conn,
             rows::RETRY_ONE,
             &[Value::Int(id.0), Value::Int(now.0)],
         )?),
-        Op::RetryDead(now, _) => {
-            Done::Count(execute(conn, rows::RETRY_DEAD, &[Value::Int(now.0)])?)
-        }
-        Op::Purge(before, _) => Done::Count(execute(
+        Op::RetryDead(now, environment, _) => Done::Count(execute(
             conn,
-            rows::PURGE_DELIVERED,
-            &[Value::Int(before.0), Value::Int(PURGE_CHUNK)],
+            rows::RETRY_DEAD,
+            &[Value::Int(now.0), environment.map(|e| e.as_str()).into()],
         )?),
+        Op::Purge(before, _) => {
+            let chunk = [Value::Int(before.0), Value::Int(PURGE_CHUNK)];
+            execute(conn, rows::PURGE_ATTEMPTS, &chunk)?;
+            Done::Count(execute(conn, rows::PURGE_DELIVERED, &chunk)?)
+        }
         Op::Close(_) => Done::Finished,
     })
 }
@@ -618,7 +697,7 @@ fn bind(stmt: &mut Statement<'_>, values: &[Value<'_>]) -> rusqlite::Result<()> 
             Value::Int(n) => stmt.raw_bind_parameter(at, n)?,
             Value::Text(t) => stmt.raw_bind_parameter(at, t)?,
             Value::Blob(b) => stmt.raw_bind_parameter(at, b)?,
-            Value::Null => stmt.raw_bind_parameter(at, rusqlite::types::Null)?,
+            Value::Null | Value::NullText => stmt.raw_bind_parameter(at, rusqlite::types::Null)?,
         }
     }
     Ok(())
@@ -662,9 +741,12 @@ impl Op {
             (Op::Claim { reply, .. }, Ok(Done::Claimed(found))) => {
                 send(reply, found.into_iter().map(Claimed::try_from).collect())
             }
-            (Op::Finish { reply, .. }, Ok(Done::Finished)) => send(reply, Ok(())),
+            (Op::Finish(_, reply), Ok(Done::Finished)) => send(reply, Ok(())),
             (Op::Retry(_, _, r), Ok(Done::Count(n))) => send(r, Ok(n > 0)),
-            (Op::RetryDead(_, r) | Op::Purge(_, r), Ok(Done::Count(n))) => send(r, Ok(n)),
+            (
+                Op::RetryDead(_, _, r) | Op::Purge(_, r) | Op::Release { reply: r, .. },
+                Ok(Done::Count(n)),
+            ) => send(r, Ok(n)),
             (Op::Close(done), _) => {
                 let _ = done.send(());
             }
@@ -675,9 +757,11 @@ impl Op {
                 match op {
                     Op::Accept(_, r) => send(r, Err(error)),
                     Op::Claim { reply, .. } => send(reply, Err(error)),
-                    Op::Finish { reply, .. } => send(reply, Err(error)),
+                    Op::Finish(_, reply) => send(reply, Err(error)),
                     Op::Retry(_, _, r) => send(r, Err(error)),
-                    Op::RetryDead(_, r) | Op::Purge(_, r) => send(r, Err(error)),
+                    Op::RetryDead(_, _, r) | Op::Purge(_, r) | Op::Release { reply: r, .. } => {
+                        send(r, Err(error))
+                    }
                     Op::Close(done) => {
                         let _ = done.send(());
                     }

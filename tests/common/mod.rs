@@ -120,11 +120,15 @@ pub fn with_overrides(
 
 pub struct TestApp {
     pub address: String,
+    /// Where the admin API and `/metrics` are, with `RELAY_ADMIN_LISTEN` set.
+    pub admin_address: Option<String>,
     pub store: Store,
+    pub health: accelerate_relay::supervise::Health,
     pub sandbox: MockAccelerate,
     pub production: MockAccelerate,
     pub db: TestDb,
     pub client: reqwest::Client,
+    vars: Vec<(String, String)>,
     handle: ServerHandle,
     join: JoinHandle<std::io::Result<()>>,
 }
@@ -139,24 +143,49 @@ impl TestApp {
         let production = MockAccelerate::start().await;
         let db = TestDb::create(backend).await;
         let vars = with_overrides(base_vars(&sandbox, &production, db.url()), overrides);
-        let config = Config::from_vars(vars).expect("test configuration is valid");
+        Self::start(vars, db, sandbox, production).await
+    }
+
+    async fn start(
+        vars: Vec<(String, String)>,
+        db: TestDb,
+        sandbox: MockAccelerate,
+        production: MockAccelerate,
+    ) -> Self {
+        let config = Config::from_vars(vars.clone()).expect("test configuration is valid");
         let app = Application::build(config)
             .await
             .expect("application builds");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let admin_address = app.admin_port().map(|p| format!("http://127.0.0.1:{p}"));
         let store = app.store();
+        let health = app.health();
         let handle = app.handle();
         let join = tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
+            admin_address,
             store,
+            health,
             sandbox,
             production,
             db,
             client: reqwest::Client::new(),
+            vars,
             handle,
             join,
         }
+    }
+
+    /// Stops cleanly (as SIGTERM does) and starts again on the same store,
+    /// the same mocks and the same configuration.
+    pub async fn restart(self) -> Self {
+        self.handle.stop(true).await;
+        self.join
+            .await
+            .expect("the relay task ends")
+            .expect("the relay stops cleanly");
+        Self::start(self.vars, self.db, self.sandbox, self.production).await
     }
 
     /// POSTs `body` with the given header values (each may be absent).

@@ -1,0 +1,201 @@
+//! The admin API: deliveries listed, shown with their attempts, and retried,
+//! behind `Authorization: Bearer $RELAY_ADMIN_TOKEN`.
+//!
+//! It works over `store` like the CLI does, and never answers with a body, a
+//! forwarded header or a full token: `Delivery` and `AttemptView` hold none.
+
+use std::collections::HashMap;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+
+use super::AppState;
+use crate::event::Environment;
+use crate::store::{DeliveryId, ListFilter, StoreError, Timestamp};
+
+/// How many deliveries a page lists when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 50;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/deliveries", web::get().to(list))
+        .route("/admin/deliveries/retry-dead", web::post().to(retry_dead))
+        .route("/admin/deliveries/{id}", web::get().to(show))
+        .route("/admin/deliveries/{id}/retry", web::post().to(retry));
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("no delivery {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the store did not answer: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        let body = match self {
+            AdminError::Unauthorized => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                json!({ "error": "unauthorized" })
+            }
+            AdminError::NotFound(_) => json!({ "error": "not_found", "message": self.to_string() }),
+            AdminError::BadRequest(m) => json!({ "error": "bad_request", "message": m }),
+            AdminError::Store(_) => json!({ "error": "store_unavailable" }),
+        };
+        response.json(body)
+    }
+}
+
+/// The bearer token, compared in constant time. A refusal is logged with
+/// where it came from, never with what was sent.
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
+    let token = state
+        .config
+        .admin_token
+        .as_ref()
+        .ok_or(AdminError::Unauthorized)?;
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if sent.is_some_and(|sent| token.matches(sent)) {
+        return Ok(());
+    }
+    tracing::warn!(
+        path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
+        outcome = "refused", "admin request without the right bearer token"
+    );
+    Err(AdminError::Unauthorized)
+}
+
+/// One line per admin request that got past the token, for the audit trail.
+fn audit(req: &HttpRequest, action: &'static str, target: &str, result: &str) {
+    tracing::info!(
+        audit = true, action, target, result, path = req.path(),
+        peer = ?req.peer_addr().map(|a| a.ip()), "admin action"
+    );
+}
+
+async fn list(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
+    let filter = filter_from(&query)?;
+    let deliveries = state.store.list(&filter).await?;
+    let next = (deliveries.len() == filter.limit as usize)
+        .then(|| deliveries.last().map(|d| d.id.clone()))
+        .flatten();
+    audit(
+        &req,
+        "list",
+        "deliveries",
+        &format!("{} listed", deliveries.len()),
+    );
+    Ok(HttpResponse::Ok().json(json!({ "deliveries": deliveries, "next": next })))
+}
+
+async fn show(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
+    let id = delivery_id(&id)?;
+    let delivery = state
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+    let attempts = state.store.attempts(id).await?;
+    audit(&req, "show", &id.to_string(), "shown");
+    let mut body = serde_json::to_value(delivery).expect("a delivery serialises");
+    body["attempt_history"] = json!(attempts);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn retry(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
+    let id = delivery_id(&id)?;
+    if !state.store.retry(id, Timestamp::now()).await? {
+        audit(&req, "retry", &id.to_string(), "not found");
+        return Err(AdminError::NotFound(id.to_string()));
+    }
+    state.wake.notify_one();
+    audit(&req, "retry", &id.to_string(), "pending, due now");
+    let delivery = state
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+    Ok(HttpResponse::Accepted().json(delivery))
+}
+
+async fn retry_dead(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
+    let environment = match query.get("environment") {
+        Some(e) => Some(parse::<Environment>("environment", e)?),
+        None => None,
+    };
+    let retried = state
+        .store
+        .retry_dead(Timestamp::now(), environment)
+        .await?;
+    state.wake.notify_one();
+    audit(
+        &req,
+        "retry-dead",
+        environment.map_or("all environments", Environment::as_str),
+        &format!("{retried} pending, due now"),
+    );
+    Ok(HttpResponse::Ok().json(json!({ "retried": retried })))
+}
+
+/// The query of `GET /admin/deliveries` as a typed filter (the same parser
+/// as the CLI's `deliveries list`).
+fn filter_from(query: &HashMap<String, String>) -> Result<ListFilter, AdminError> {
+    ListFilter::parse(
+        query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        DEFAULT_LIMIT,
+    )
+    .map_err(AdminError::BadRequest)
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AdminError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| AdminError::BadRequest(format!("{name}: {e}")))
+}
+
+fn delivery_id(value: &str) -> Result<DeliveryId, AdminError> {
+    value.parse().map_err(AdminError::BadRequest)
+}

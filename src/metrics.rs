@@ -1,0 +1,277 @@
+//! Every metric the relay exposes, named in one place, rendered in the
+//! Prometheus text format by `metrics-exporter-prometheus`.
+//!
+//! Each relay (each test's too) has its own recorder rather than a global
+//! one, and every label combination is registered up front: recording is an
+//! atomic add on a handle, with no lookup on the receive or delivery path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::event::Environment;
+use crate::store::{AttemptKind, AttemptRecord, Claimed, Gauges, Outcome, Timestamp};
+
+pub const WEBHOOKS: &str = "accelerate_relay_webhooks_total";
+pub const WEBHOOK_DURATION: &str = "accelerate_relay_webhook_duration_seconds";
+pub const ATTEMPTS: &str = "accelerate_relay_delivery_attempts_total";
+pub const DEAD: &str = "accelerate_relay_deliveries_dead_total";
+pub const ATTEMPT_DURATION: &str = "accelerate_relay_delivery_attempt_duration_seconds";
+pub const LAG: &str = "accelerate_relay_delivery_lag_seconds";
+pub const DELIVERIES: &str = "accelerate_relay_deliveries";
+pub const OLDEST_PENDING: &str = "accelerate_relay_oldest_pending_age_seconds";
+pub const STORE_UP: &str = "accelerate_relay_store_up";
+pub const BUILD_INFO: &str = "accelerate_relay_build_info";
+
+/// Every answer of the receive path, as `result` labels: the contract's
+/// codes, the transport answers the relay gives itself, and other paths.
+pub const RESULTS: [&str; 15] = [
+    "accepted",
+    "duplicate",
+    "ignored_event_type",
+    "ignored_no_accelerate_token",
+    "unauthorized",
+    "invalid_signature",
+    "malformed_event",
+    "payload_too_large",
+    "unknown_environment",
+    "forbidden_source",
+    "store_unavailable",
+    "request_timeout",
+    "bad_request",
+    "not_found",
+    "other",
+];
+
+/// `environment` labels of the receive path: a request may name none.
+const WEBHOOK_ENVIRONMENTS: [&str; 3] = ["sandbox", "production", "none"];
+
+pub struct Metrics {
+    handle: PrometheusHandle,
+    webhooks: Vec<Counter>,
+    webhook_duration: Histogram,
+    attempts: Vec<Counter>,
+    dead: [Counter; 2],
+    attempt_duration: [Histogram; 2],
+    lag: [Histogram; 2],
+    /// Per environment: pending, dead.
+    deliveries: [[Gauge; 2]; 2],
+    oldest_pending: [Gauge; 2],
+    store_up: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let seconds = |name: &str, buckets: &[f64], b: PrometheusBuilder| {
+            b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                .expect("bucket lists are not empty")
+        };
+        let builder = PrometheusBuilder::new();
+        let builder = seconds(
+            WEBHOOK_DURATION,
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+            builder,
+        );
+        let builder = seconds(
+            ATTEMPT_DURATION,
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+            builder,
+        );
+        let builder = seconds(
+            LAG,
+            &[
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+                86400.0,
+            ],
+            builder,
+        );
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let r = Registrar(&recorder);
+
+        r.describe_counter(
+            WEBHOOKS,
+            "Webhooks answered, by environment and the answer given (result).",
+        );
+        r.describe_histogram(
+            WEBHOOK_DURATION,
+            "Time to answer a webhook, the store's commit included.",
+        );
+        r.describe_counter(
+            ATTEMPTS,
+            "Delivery attempts to Accelerate, by how they ended (outcome).",
+        );
+        r.describe_counter(DEAD, "Deliveries that used up the retry schedule.");
+        r.describe_histogram(
+            ATTEMPT_DURATION,
+            "Time of one delivery attempt to Accelerate.",
+        );
+        r.describe_histogram(
+            LAG,
+            "Time from receiving an event to Accelerate's 2xx for it.",
+        );
+        r.describe_gauge(DELIVERIES, "Deliveries waiting (pending) or given up (dead) in the store, read at scrape time; the same on every replica of one database.");
+        r.describe_gauge(
+            OLDEST_PENDING,
+            "Age of the oldest pending delivery, read at scrape time (0 when none).",
+        );
+        r.describe_gauge(
+            STORE_UP,
+            "1 when the store answered the scrape's queries, else 0.",
+        );
+        r.describe_gauge(BUILD_INFO, "The relay's version, as a label; always 1.");
+
+        let webhooks = WEBHOOK_ENVIRONMENTS
+            .iter()
+            .flat_map(|env| RESULTS.iter().map(move |result| (*env, *result)))
+            .map(|(env, result)| r.counter(WEBHOOKS, &[("environment", env), ("result", result)]))
+            .collect();
+        let attempts = Environment::ALL
+            .iter()
+            .flat_map(|env| {
+                AttemptKind::ALL
+                    .iter()
+                    .map(move |k| (env.as_str(), k.as_str()))
+            })
+            .map(|(env, kind)| r.counter(ATTEMPTS, &[("environment", env), ("outcome", kind)]))
+            .collect();
+        let per_env = |f: &dyn Fn(&'static str) -> Counter| Environment::ALL.map(|e| f(e.as_str()));
+        let dead = per_env(&|env| r.counter(DEAD, &[("environment", env)]));
+        let histogram = |name: &'static str| {
+            Environment::ALL.map(|e| r.histogram(name, &[("environment", e.as_str())]))
+        };
+        let gauge_pair = |env: &'static str| {
+            ["pending", "dead"]
+                .map(|status| r.gauge(DELIVERIES, &[("environment", env), ("status", status)]))
+        };
+        r.gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
+        Arc::new(Self {
+            handle,
+            webhooks,
+            webhook_duration: r.histogram(WEBHOOK_DURATION, &[]),
+            attempts,
+            dead,
+            attempt_duration: histogram(ATTEMPT_DURATION),
+            lag: histogram(LAG),
+            deliveries: Environment::ALL.map(|e| gauge_pair(e.as_str())),
+            oldest_pending: Environment::ALL
+                .map(|e| r.gauge(OLDEST_PENDING, &[("environment", e.as_str())])),
+            store_up: r.gauge(STORE_UP, &[]),
+        })
+    }
+
+    /// One answer of the receive path.
+    pub fn webhook(&self, environment: Option<Environment>, result: &str, took: Duration) {
+        let env = environment.map_or(2, index);
+        let result = RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(RESULTS.len() - 1);
+        self.webhooks[env * RESULTS.len() + result].increment(1);
+        self.webhook_duration.record(took.as_secs_f64());
+    }
+
+    /// One delivery attempt and what it led to.
+    pub fn attempt(&self, claim: &Claimed, made: &AttemptRecord, outcome: &Outcome) {
+        let env = index(claim.environment);
+        let kind = AttemptKind::ALL
+            .iter()
+            .position(|k| *k == made.kind)
+            .expect("every kind is listed");
+        self.attempts[env * AttemptKind::ALL.len() + kind].increment(1);
+        self.attempt_duration[env].record(made.duration.as_secs_f64());
+        match outcome {
+            Outcome::Delivered { at, .. } => {
+                let lag = claim.received_at.until(*at);
+                self.lag[env].record(lag.as_secs_f64());
+            }
+            Outcome::Dead { .. } => self.dead[env].increment(1),
+            Outcome::Retry { .. } => {}
+        }
+    }
+
+    /// The text of `/metrics`, with the store's gauges as just read (`None`
+    /// when the store did not answer: the gauges keep their last values and
+    /// `store_up` says 0).
+    pub fn render(&self, store: Option<&[Gauges]>, now: Timestamp) -> String {
+        match store {
+            Some(gauges) => {
+                self.store_up.set(1.0);
+                for env in Environment::ALL {
+                    let read = gauges.iter().find(|g| g.environment == env.as_str());
+                    let i = index(env);
+                    let (pending, dead) = read.map_or((0, 0), |g| (g.pending, g.dead));
+                    self.deliveries[i][0].set(pending as f64);
+                    self.deliveries[i][1].set(dead as f64);
+                    let age = read
+                        .and_then(|g| g.oldest_pending)
+                        .map_or(0.0, |t| t.until(now).as_secs_f64());
+                    self.oldest_pending[i].set(age);
+                }
+            }
+            None => self.store_up.set(0.0),
+        }
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets. Run every few
+    /// seconds, so samples never pile up between scrapes (or without any).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn index(env: Environment) -> usize {
+    match env {
+        Environment::Sandbox => 0,
+        Environment::Production => 1,
+    }
+}
+
+/// Registers handles on one recorder.
+struct Registrar<'a, R: Recorder>(&'a R);
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl<R: Recorder> Registrar<'_, R> {
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+            .collect();
+        Key::from_parts(name, labels)
+    }
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.0.register_counter(&Self::key(name, labels), &METADATA)
+    }
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.0.register_gauge(&Self::key(name, labels), &METADATA)
+    }
+    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.0
+            .register_histogram(&Self::key(name, labels), &METADATA)
+    }
+    fn describe_counter(&self, name: &'static str, help: &'static str) {
+        self.0
+            .describe_counter(KeyName::from_const_str(name), None, help.into());
+    }
+    fn describe_gauge(&self, name: &'static str, help: &'static str) {
+        self.0
+            .describe_gauge(KeyName::from_const_str(name), None, help.into());
+    }
+    fn describe_histogram(&self, name: &'static str, help: &'static str) {
+        self.0.describe_histogram(
+            KeyName::from_const_str(name),
+            Some(Unit::Seconds),
+            help.into(),
+        );
+    }
+}
