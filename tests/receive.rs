@@ -482,6 +482,31 @@ async fn health_and_readiness(backend: Backend) {
     assert!(store.ping().await.is_err(), "a closed store is not ready");
 }
 
+/// The store holds card holder data and Authorization values: its files are
+/// readable and writable by the relay's user only, whatever the umask, and a
+/// file an older relay left open to others is narrowed at start.
+#[tokio::test]
+async fn sqlite_store_files_are_the_relays_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (status, _) = app.send_json("sandbox", approved_event("evt_mode")).await;
+    assert_eq!(status, 200);
+    let dir = app.db.dir.path().to_owned();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    for name in ["relay.db", "relay.db-wal", "relay.db-shm", "relay.db.lock"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+    std::fs::set_permissions(dir.join("relay.db"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let app = app.restart().await;
+    assert_eq!(mode("relay.db"), 0o600, "narrowed again at start");
+    app.stop().await;
+}
+
 /// A background task that panics is restarted with backoff, and `/readyz`
 /// says so (503, naming it) until it runs again.
 #[tokio::test]
@@ -513,12 +538,18 @@ async fn a_background_task_that_panics_is_restarted_and_readyz_is_503_meanwhile(
     })
     .await;
     assert!(said, "/readyz is 503 naming the task while it is down");
-    let back = eventually(Duration::from_secs(5), || async {
+    // Restarted after each of its four panics (100 + 200 + 400 + 800 ms of backoff)…
+    let restarted = eventually(Duration::from_secs(5), || async {
+        runs.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    assert!(restarted, "restarted after each panic");
+    // …and ready once it runs.
+    let back = eventually(Duration::from_secs(2), || async {
         readyz(&app.client, &app.address).await == 200
     })
     .await;
     assert!(back, "ready again once the task runs");
-    assert_eq!(runs.load(Ordering::SeqCst), 5, "restarted after each panic");
     // Webhooks are still accepted meanwhile and after.
     let (status, body) = app.send_json("sandbox", approved_event("evt_sup")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));

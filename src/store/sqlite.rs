@@ -102,7 +102,10 @@ impl SqliteStore {
             )));
         }
         let lock = match role {
-            Role::Service => lock_file(&path)?,
+            Role::Service => {
+                owner_only(&path)?;
+                lock_file(&path)?
+            }
             Role::Tool => None,
         };
         let (conn, reader, checkpoints) = tokio::task::spawn_blocking({
@@ -429,9 +432,45 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The store holds card holder data and the Authorization values: its files
+/// are the relay's user's alone. The database is created 0600 before SQLite
+/// opens it (SQLite gives `-wal` and `-shm` the database's mode), and files
+/// an older relay left readable by others are narrowed.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+        return Ok(());
+    }
+    let unusable = |e: std::io::Error| {
+        StoreError::Unusable(format!(
+            "cannot create {}: {e}; RELAY_DATABASE_URL must name a file in a folder the relay can write",
+            path.display()
+        ))
+    };
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(unusable)?;
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(unusable)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Holds an exclusive lock beside the database for as long as the writer runs:
 /// two relays on one SQLite file would each release the other's leases.
 fn lock_file(path: &Path) -> Result<Option<File>, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
         return Ok(None);
     }
@@ -441,6 +480,7 @@ fn lock_file(path: &Path) -> Result<Option<File>, StoreError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|e| {
             StoreError::Unusable(format!(
