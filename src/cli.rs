@@ -181,6 +181,16 @@ fn check_config() -> anyhow::Result<()> {
         }
     );
     println!(
+        "admin and metrics on: {}",
+        config.admin_listen.map_or_else(
+            || format!(
+                "{} (the webhook port; RELAY_ADMIN_LISTEN not set)",
+                config.listen
+            ),
+            |a| a.to_string()
+        )
+    );
+    println!(
         "allowed sources:      {}",
         config.sources.as_ref().map_or_else(
             || "any (RELAY_ALLOWED_SOURCES not set)".to_owned(),
@@ -305,17 +315,15 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
             }
         }
         DeliveriesCommand::Show { id, json } => {
-            let delivery = store
-                .get(id)
+            let detail = store
+                .detail(id)
                 .await?
                 .with_context(|| format!("no delivery {id}"))?;
-            let attempts = store.attempts(id).await?;
             if json {
-                let mut value = serde_json::to_value(&delivery)?;
-                value["attempt_history"] = serde_json::to_value(&attempts)?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
-                println!("{}", delivery_line(&delivery));
+                let delivery = &detail.delivery;
+                println!("{}", delivery_line(delivery));
                 if let Some(next) = &delivery.next_attempt_at {
                     println!("  next attempt at  {next}");
                 }
@@ -326,7 +334,7 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
                     println!("  last error       {error}");
                 }
                 println!("  attempts:");
-                for a in &attempts {
+                for a in &detail.attempt_history {
                     println!(
                         "    #{:<3} {}  {:>6} ms  {:<10} {}",
                         a.attempt,

@@ -54,7 +54,8 @@ pub struct Application {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("could not open the store: {0}")]
+    /// The source says what is wrong (error chains print it after this).
+    #[error("could not open the store")]
     Store(#[from] StoreError),
     #[error("{var}: cannot listen on {addr}: {source}; pick a free port or address")]
     Bind {
@@ -64,7 +65,7 @@ pub enum StartError {
     },
     #[error("could not start the HTTP server: {0}")]
     Server(std::io::Error),
-    #[error("could not build the HTTP client for Accelerate: {0}")]
+    #[error("could not build the HTTP client for Accelerate")]
     Client(#[from] reqwest::Error),
 }
 

@@ -163,6 +163,37 @@ async fn no_log_line_answer_or_output_shows_a_secret_token_or_card_holder_data()
     production.wait_for(2, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // The admin API and /metrics, with a wrong and with the right token.
+    for (path, token, post) in [
+        ("/admin/deliveries", "wrong-token", false),
+        ("/admin/deliveries", ADMIN, false),
+        (
+            "/admin/deliveries?accelerate_token=tok_acc_TOKENSECRET_abcdef123456",
+            ADMIN,
+            false,
+        ),
+        ("/admin/deliveries/dlv_1", ADMIN, false),
+        ("/admin/deliveries/dlv_1/retry", ADMIN, true),
+        ("/admin/deliveries/retry-dead", ADMIN, true),
+        ("/metrics", ADMIN, false),
+    ] {
+        let url = format!("{}{path}", relay.address);
+        let request = if post {
+            traffic.client.post(url)
+        } else {
+            traffic.client.get(url)
+        };
+        let response = request
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .expect("answer");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(status.as_u16() < 500, "{path}: {status}");
+        traffic.answers.push(format!("{status} {text}"));
+    }
+
     let db = format!(
         "sqlite://{}",
         common::process::db_path(dir.path()).display()
@@ -186,7 +217,9 @@ async fn no_log_line_answer_or_output_shows_a_secret_token_or_card_holder_data()
         cli(&["check-config"]),
         cli(&["deliveries", "list"]),
         cli(&["deliveries", "show", "dlv_1"]),
+        cli(&["deliveries", "show", "dlv_1", "--json"]),
         cli(&["deliveries", "list", "--accelerate-token", TOKEN]),
+        cli(&["deliveries", "list", "--json"]),
     ];
     // A configuration error that involves a secret-bearing variable.
     let out = std::process::Command::new(BINARY)

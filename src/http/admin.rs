@@ -120,16 +120,13 @@ async fn show(
 ) -> Result<HttpResponse, AdminError> {
     authorize(&req, &state)?;
     let id = delivery_id(&id)?;
-    let delivery = state
+    let detail = state
         .store
-        .get(id)
+        .detail(id)
         .await?
         .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
-    let attempts = state.store.attempts(id).await?;
     audit(&req, "show", &id.to_string(), "shown");
-    let mut body = serde_json::to_value(delivery).expect("a delivery serialises");
-    body["attempt_history"] = json!(attempts);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(detail))
 }
 
 async fn retry(
@@ -145,12 +142,11 @@ async fn retry(
     }
     state.wake.notify_one();
     audit(&req, "retry", &id.to_string(), "pending, due now");
-    let delivery = state
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
-    Ok(HttpResponse::Accepted().json(delivery))
+    match state.store.get(id).await? {
+        Some(delivery) => Ok(HttpResponse::Accepted().json(delivery)),
+        // Purged between the retry and now: it was delivered meanwhile.
+        None => Err(AdminError::NotFound(id.to_string())),
+    }
 }
 
 async fn retry_dead(

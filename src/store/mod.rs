@@ -77,6 +77,18 @@ impl Store {
         }
     }
 
+    /// A delivery with its attempt history, as the admin API and CLI show it.
+    pub async fn detail(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
+        let Some(delivery) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let attempt_history = self.attempts(id).await?;
+        Ok(Some(DeliveryDetail {
+            delivery,
+            attempt_history,
+        }))
+    }
+
     /// A delivery's attempts, oldest first.
     pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
         match self {
@@ -454,6 +466,14 @@ pub struct AttemptView {
     pub http_status: Option<u16>,
     pub outcome: String,
     pub message: Option<String>,
+}
+
+/// A delivery and its attempts, oldest first.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    pub attempt_history: Vec<AttemptView>,
 }
 
 /// What the metrics scrape reads from the store, per environment.
