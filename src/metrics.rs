@@ -27,7 +27,7 @@ pub const BUILD_INFO: &str = "accelerate_relay_build_info";
 
 /// Every answer of the receive path, as `result` labels: the contract's
 /// codes, the transport answers the relay gives itself, and other paths.
-pub const RESULTS: [&str; 15] = [
+pub const RESULTS: [&str; 16] = [
     "accepted",
     "duplicate",
     "ignored_event_type",
@@ -40,6 +40,7 @@ pub const RESULTS: [&str; 15] = [
     "forbidden_source",
     "store_unavailable",
     "request_timeout",
+    "request_header_fields_too_large",
     "bad_request",
     "not_found",
     "other",

@@ -31,13 +31,100 @@ async fn raw(port: u16, request: &[u8]) -> u16 {
 }
 
 async fn status_of(stream: &mut TcpStream) -> u16 {
+    answer_of(stream).await.0
+}
+
+/// The status code and body of the answer read until the relay closes.
+async fn answer_of(stream: &mut TcpStream) -> (u16, String) {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
     let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    (status, body)
+}
+
+/// Every request the HTTP parser refuses before any handler runs (too many
+/// header lines, a head too big, too slow or unreadable) gets the relay's
+/// JSON answer, one log line and a count, like every other refusal.
+#[tokio::test]
+async fn the_parsers_refusals_get_a_json_body_and_are_counted() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let port = port(&app);
+    let body = approved_event("evt_parser");
+    let send = |request: Vec<u8>| async move {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let _ = stream.write_all(&request).await;
+        answer_of(&mut stream).await
+    };
+
+    // 97 header lines (6 of the request, 91 more; actix-http takes 96).
+    let many: String = (0..91).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
+    let (status, answer) = send(signed_request(&body, &many, body.len())).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (431, r#"{"error":"request_header_fields_too_large"}"#)
+    );
+    // 96 are fine.
+    let fewer: String = (0..90).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
+    assert_eq!(send(signed_request(&body, &fewer, body.len())).await.0, 200);
+    // A head over 128 KiB.
+    let huge = format!("X-Huge: {}\r\n", "a".repeat(200 * 1024));
+    let (status, answer) = send(signed_request(&body, &huge, body.len())).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (431, r#"{"error":"request_header_fields_too_large"}"#)
+    );
+    // A head that does not parse.
+    let (status, answer) =
+        send(b"POST /webhooks/checkoutdotcom/sandbox HTTP/1.1\r\nBad Header\r\n\r\n".to_vec())
+            .await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (400, r#"{"error":"bad_request"}"#)
+    );
+    // A head that does not arrive within 5 s.
+    let (status, answer) =
+        send(b"POST /webhooks/checkoutdotcom/sandbox HTTP/1.1\r\nHost: r".to_vec()).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (408, r#"{"error":"request_timeout"}"#)
+    );
+
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for (result, n) in [
+        ("request_header_fields_too_large", 2),
+        ("bad_request", 1),
+        ("request_timeout", 1),
+    ] {
+        let line = format!(
+            "accelerate_relay_webhooks_total{{environment=\"none\",result=\"{result}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert_eq!(
+        app.db.count().await,
+        1,
+        "only the request within the limits is stored"
+    );
+    app.stop().await;
 }
 
 fn signed_request(body: &[u8], extra_headers: &str, content_length: usize) -> Vec<u8> {

@@ -2,13 +2,16 @@
 
 pub mod admin;
 pub mod ops;
+pub mod transport;
 pub mod webhook;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_http::error::DispatchError;
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio::sync::Notify;
 
@@ -44,39 +47,58 @@ pub fn servers(
     let admin_api = state.config.admin_token.is_some();
     let operator_here = admin_listener.is_none();
     let state = web::Data::new(state);
-    let webhook = HttpServer::new({
-        let state = state.clone();
-        move || {
-            App::new()
-                .app_data(state.clone())
-                .route("/healthz", web::get().to(ops::healthz))
-                .route("/readyz", web::get().to(ops::readyz))
-                .configure(|cfg| operator_routes(cfg, operator_here, admin_api))
-                .route(
-                    "/webhooks/checkoutdotcom",
-                    web::post().to(webhook::receive_default),
-                )
-                // Static routes first: actix matches them without its regex engine,
-                // which showed in the benchmark's profile.
-                .route(
-                    "/webhooks/checkoutdotcom/sandbox",
-                    web::post().to(webhook::receive_sandbox),
-                )
-                .route(
-                    "/webhooks/checkoutdotcom/production",
-                    web::post().to(webhook::receive_production),
-                )
-                .route(
-                    "/webhooks/checkoutdotcom/{environment}",
-                    web::post().to(webhook::receive_in),
-                )
-                .default_service(web::to(not_found))
-        }
-    })
-    .client_request_timeout(HEADER_TIMEOUT)
-    .shutdown_timeout(grace)
-    .listen(listener)?
-    .run();
+    let addr = listener.local_addr()?;
+    let webhook_state = state.clone();
+    let webhook_app = move || {
+        App::new()
+            .app_data(webhook_state.clone())
+            .route("/healthz", web::get().to(ops::healthz))
+            .route("/readyz", web::get().to(ops::readyz))
+            .configure(|cfg| operator_routes(cfg, operator_here, admin_api))
+            .route(
+                "/webhooks/checkoutdotcom",
+                web::post().to(webhook::receive_default),
+            )
+            // Static routes first: actix matches them without its regex engine,
+            // which showed in the benchmark's profile.
+            .route(
+                "/webhooks/checkoutdotcom/sandbox",
+                web::post().to(webhook::receive_sandbox),
+            )
+            .route(
+                "/webhooks/checkoutdotcom/production",
+                web::post().to(webhook::receive_production),
+            )
+            .route(
+                "/webhooks/checkoutdotcom/{environment}",
+                web::post().to(webhook::receive_in),
+            )
+            .default_service(web::to(not_found))
+    };
+    // As actix-web's HttpServer builds a listener, but over `transport::Connection`,
+    // so the parser's own refusals get the relay's answer, log line and count.
+    let metrics = Arc::clone(&state.metrics);
+    let webhook = actix_server::Server::build()
+        .listen("webhooks", listener, move || {
+            let metrics = Arc::clone(&metrics);
+            let app = webhook_app()
+                .into_factory()
+                .map_err(|err: actix_web::Error| err.error_response());
+            let h1 = actix_http::HttpService::build()
+                .client_request_timeout(HEADER_TIMEOUT)
+                .local_addr(addr)
+                // The app's host/address defaults only serve URL generation,
+                // which the relay does not use (actix keeps their setter private).
+                .h1(map_config(app, |_| AppConfig::default()));
+            fn_service(move |io: actix_web::rt::net::TcpStream| {
+                let connection = transport::Connection::new(io, Arc::clone(&metrics));
+                let peer = connection.peer();
+                std::future::ready(Ok::<_, DispatchError>((connection, peer)))
+            })
+            .and_then(h1)
+        })?
+        .shutdown_timeout(grace)
+        .run();
     let admin = match admin_listener {
         Some(listener) => Some(
             HttpServer::new(move || {

@@ -148,7 +148,7 @@ impl SqliteStore {
             path,
             conn: Some(conn),
             committing: Arc::clone(&committing),
-            _lock: lock,
+            lock,
         };
         let up = Arc::clone(&threads_up);
         std::thread::Builder::new()
@@ -503,8 +503,9 @@ struct Writer {
     /// `None` after a failed batch, until the next batch reconnects.
     conn: Option<Connection>,
     committing: Arc<AtomicBool>,
-    /// Held for as long as the writer runs.
-    _lock: Option<File>,
+    /// Held for as long as the writer runs; released before a close is
+    /// answered, so a relay started right after finds the file free.
+    lock: Option<File>,
 }
 
 /// Returns when the store is closed (or every sender is gone).
@@ -532,6 +533,7 @@ fn write_loop(writer: &mut Writer, rx: &mut mpsc::Receiver<Op>) {
             // Requests that race the close are answered "closed" by the dropped receiver.
             rx.close();
             drop(writer.conn.take());
+            drop(writer.lock.take());
             let _ = done.send(());
             return;
         }
