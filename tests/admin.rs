@@ -374,15 +374,7 @@ async fn metrics_count_every_answer_and_attempt(backend: Backend) {
     .await;
     assert!(app.reaches_status("evt_m1", "delivered", WAIT).await);
 
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     let webhooks = |env: &str, result: &str| {
         sample(
             &text,
@@ -430,15 +422,7 @@ async fn metrics_count_every_answer_and_attempt(backend: Backend) {
     app.sandbox.set_default(Reply::Status(500));
     app.send("sandbox", approved_event("evt_m2")).await;
     assert!(app.reaches_status("evt_m2", "dead", WAIT).await);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     assert_eq!(
         sample(
             &text,
@@ -481,15 +465,7 @@ async fn alert_rules_and_dashboard_use_only_metrics_that_exist() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     app.send("sandbox", approved_event("evt_names")).await;
     assert!(app.reaches_status("evt_names", "delivered", WAIT).await);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     let exposed: std::collections::HashSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -100,15 +100,7 @@ async fn the_parsers_refusals_get_a_json_body_and_are_counted() {
         (408, r#"{"error":"request_timeout"}"#)
     );
 
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     for (result, n) in [
         ("request_header_fields_too_large", 2),
         ("bad_request", 1),

@@ -230,6 +230,19 @@ impl TestApp {
             .expect("the relay stops cleanly");
     }
 
+    /// The text of `/metrics` (on the admin listener when there is one).
+    pub async fn metrics_text(&self) -> String {
+        let base = self.admin_address.as_deref().unwrap_or(&self.address);
+        self.client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// A delivery's status as committed (what is there is what is on disk).
     pub async fn status_on_disk(&self, event_id: &str) -> Option<String> {
         self.db.status(event_id).await
