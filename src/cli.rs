@@ -79,7 +79,7 @@ enum DeliveriesCommand {
         #[arg(long)]
         received_before: Option<String>,
         /// At most 500.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = ListFilter::DEFAULT_LIMIT)]
         limit: u32,
         /// Where the previous page ended (printed after a full page).
         #[arg(long)]
@@ -299,7 +299,7 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
             let pairs = given
                 .iter()
                 .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v)));
-            let filter = ListFilter::parse(pairs, 50).map_err(|e| anyhow::anyhow!(e))?;
+            let filter = ListFilter::parse(pairs).map_err(|e| anyhow::anyhow!(e))?;
             let deliveries = store.list(&filter).await?;
             for delivery in &deliveries {
                 if json {

@@ -15,9 +15,6 @@ use super::AppState;
 use crate::event::Environment;
 use crate::store::{DeliveryId, ListFilter, StoreError, Timestamp};
 
-/// How many deliveries a page lists when `limit` is not given.
-pub const DEFAULT_LIMIT: u32 = 50;
-
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/deliveries", web::get().to(list))
         .route("/admin/deliveries/retry-dead", web::post().to(retry_dead))
@@ -176,11 +173,8 @@ async fn retry_dead(
 /// The query of `GET /admin/deliveries` as a typed filter (the same parser
 /// as the CLI's `deliveries list`).
 fn filter_from(query: &HashMap<String, String>) -> Result<ListFilter, AdminError> {
-    ListFilter::parse(
-        query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        DEFAULT_LIMIT,
-    )
-    .map_err(AdminError::BadRequest)
+    ListFilter::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(AdminError::BadRequest)
 }
 
 fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AdminError>

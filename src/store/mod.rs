@@ -502,15 +502,13 @@ pub struct Delivery {
 }
 
 impl ListFilter {
-    /// Most deliveries one page lists.
+    /// Most deliveries one page lists, and how many when no limit is given.
     pub const MAX_LIMIT: u32 = 500;
+    pub const DEFAULT_LIMIT: u32 = 50;
 
     /// Reads `name=value` pairs (the admin API's query, the CLI's flags); an
     /// unknown name is an error rather than a filter silently not applied.
-    pub fn parse<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-        default_limit: u32,
-    ) -> Result<Self, String> {
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
         fn typed<T: FromStr>(name: &str, value: &str) -> Result<T, String>
         where
             T::Err: fmt::Display,
@@ -525,7 +523,7 @@ impl ListFilter {
                 })
         }
         let mut filter = ListFilter {
-            limit: default_limit,
+            limit: Self::DEFAULT_LIMIT,
             ..ListFilter::default()
         };
         for (name, value) in pairs {
