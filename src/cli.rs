@@ -181,6 +181,14 @@ fn check_config() -> anyhow::Result<()> {
         }
     );
     println!(
+        "console cookie:       {}",
+        if config.console_secure_cookie {
+            "Secure (HTTPS only)"
+        } else {
+            "not Secure (RELAY_CONSOLE_SECURE_COOKIE=false: plain HTTP, local use only)"
+        }
+    );
+    println!(
         "admin and metrics on: {}",
         config.admin_listen.map_or_else(
             || format!(

@@ -34,6 +34,9 @@ pub struct Config {
     pub lease: Duration,
     pub admin_token: Option<Secret>,
     pub admin_listen: Option<SocketAddr>,
+    /// Whether the console's session cookie is marked `Secure` (sent over
+    /// HTTPS only); off only for plain-HTTP use on the operator's own machine.
+    pub console_secure_cookie: bool,
     pub retention: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -122,6 +125,7 @@ struct Raw {
     relay_lease_ms: Option<String>,
     relay_admin_token: Option<String>,
     relay_admin_listen: Option<String>,
+    relay_console_secure_cookie: Option<String>,
     relay_retention_hours: Option<String>,
     relay_shutdown_grace_ms: Option<String>,
     relay_log_format: Option<String>,
@@ -317,6 +321,17 @@ impl Raw {
             lease,
             admin_token: self.relay_admin_token.map(Secret::new),
             admin_listen: address(self.relay_admin_listen, "RELAY_ADMIN_LISTEN")?,
+            console_secure_cookie: match self.relay_console_secure_cookie.as_deref().map(str::trim)
+            {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        "RELAY_CONSOLE_SECURE_COOKIE",
+                        format!("`{other}` is not `true` or `false`"),
+                    ))
+                }
+            },
             retention: Duration::from_secs(3600)
                 * number::<u32>(
                     self.relay_retention_hours,

@@ -7,6 +7,7 @@
 //! Accelerate   ◀─ deliver::Worker ◀─ store.claim_due ◀──────────────┘
 //! ```
 
+pub mod activity;
 pub mod cli;
 pub mod config;
 pub mod deliver;

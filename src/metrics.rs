@@ -11,6 +11,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::activity::Activity;
 use crate::event::Environment;
 use crate::store::{AttemptKind, AttemptRecord, Claimed, Gauges, Outcome, Timestamp};
 
@@ -46,6 +47,25 @@ pub const RESULTS: [&str; 16] = [
     "other",
 ];
 
+/// Where "accepted" is in `RESULTS`.
+const ACCEPTED: usize = 0;
+const _: () = assert!(same(RESULTS[ACCEPTED], "accepted"));
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// `environment` labels of the receive path: a request may name none.
 const WEBHOOK_ENVIRONMENTS: [&str; 3] = ["sandbox", "production", "none"];
 
@@ -61,6 +81,8 @@ pub struct Metrics {
     deliveries: [[Gauge; 2]; 2],
     oldest_pending: [Gauge; 2],
     store_up: Gauge,
+    /// Per-minute counts of the same events, for the console's chart.
+    pub activity: Activity,
 }
 
 impl Metrics {
@@ -165,6 +187,7 @@ impl Metrics {
             oldest_pending: Environment::ALL
                 .map(|e| r.gauge(OLDEST_PENDING, &[("environment", e.as_str())])),
             store_up: r.gauge(STORE_UP, &[]),
+            activity: Activity::default(),
         })
     }
 
@@ -177,6 +200,9 @@ impl Metrics {
             .unwrap_or(RESULTS.len() - 1);
         self.webhooks[env * RESULTS.len() + result].increment(1);
         self.webhook_duration.record(took.as_secs_f64());
+        if let (Some(environment), ACCEPTED) = (environment, result) {
+            self.activity.accepted(environment, Timestamp::now());
+        }
     }
 
     /// One delivery attempt and what it led to.
@@ -188,6 +214,9 @@ impl Metrics {
             .expect("every kind is listed");
         self.attempts[env * AttemptKind::ALL.len() + kind].increment(1);
         self.attempt_duration[env].record(made.duration.as_secs_f64());
+        let delivered = made.kind == AttemptKind::Delivered;
+        self.activity
+            .attempt(claim.environment, made.started_at, delivered);
         match outcome {
             Outcome::Delivered { at, .. } => {
                 let lag = claim.received_at.until(*at);

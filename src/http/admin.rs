@@ -83,7 +83,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
 }
 
 /// One line per admin request that got past the token, for the audit trail.
-fn audit(req: &HttpRequest, action: &'static str, target: &str, result: &str) {
+pub(super) fn audit(req: &HttpRequest, action: &'static str, target: &str, result: &str) {
     tracing::info!(
         audit = true, action, target, result, path = req.path(),
         peer = ?req.peer_addr().map(|a| a.ip()), "admin action"

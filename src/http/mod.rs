@@ -1,6 +1,7 @@
 //! The actix-web application: routes, limits and the state handlers share.
 
 pub mod admin;
+pub mod console;
 pub mod ops;
 pub mod transport;
 pub mod webhook;
@@ -44,7 +45,6 @@ pub fn servers(
     state: AppState,
 ) -> std::io::Result<(Server, Option<Server>)> {
     let grace = state.config.shutdown_grace.as_secs().max(1);
-    let admin_api = state.config.admin_token.is_some();
     let operator_here = admin_listener.is_none();
     let state = web::Data::new(state);
     let addr = listener.local_addr()?;
@@ -54,7 +54,7 @@ pub fn servers(
             .app_data(webhook_state.clone())
             .route("/healthz", web::get().to(ops::healthz))
             .route("/readyz", web::get().to(ops::readyz))
-            .configure(|cfg| operator_routes(cfg, operator_here, admin_api))
+            .configure(|cfg| operator_routes(cfg, operator_here, &webhook_state.config))
             .route(
                 "/webhooks/checkoutdotcom",
                 web::post().to(webhook::receive_default),
@@ -104,7 +104,7 @@ pub fn servers(
             HttpServer::new(move || {
                 App::new()
                     .app_data(state.clone())
-                    .configure(|cfg| operator_routes(cfg, true, admin_api))
+                    .configure(|cfg| operator_routes(cfg, true, &state.config))
                     .default_service(web::to(operator_not_found))
             })
             .workers(1)
@@ -118,13 +118,14 @@ pub fn servers(
     Ok((webhook, admin))
 }
 
-fn operator_routes(cfg: &mut web::ServiceConfig, here: bool, admin_api: bool) {
+fn operator_routes(cfg: &mut web::ServiceConfig, here: bool, config: &Config) {
     if !here {
         return;
     }
     cfg.route("/metrics", web::get().to(ops::metrics));
-    if admin_api {
+    if config.admin_token.is_some() {
         admin::routes(cfg);
+        console::routes(cfg, config);
     }
 }
 

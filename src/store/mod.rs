@@ -107,6 +107,32 @@ impl Store {
         }
     }
 
+    /// Per environment, what waits, what was delivered (and is still kept)
+    /// and what is dead, for the console's overview.
+    pub async fn counts(&self) -> Result<Vec<Counts>, StoreError> {
+        let gauges = self.gauges().await?;
+        let delivered = match self {
+            Store::Sqlite(s) => s.delivered_counts().await?,
+            Store::Postgres(s) => s.delivered_counts().await?,
+        };
+        Ok(Environment::ALL
+            .iter()
+            .map(|env| {
+                let open = gauges.iter().find(|g| g.environment == env.as_str());
+                Counts {
+                    environment: *env,
+                    pending: open.map_or(0, |g| g.pending),
+                    dead: open.map_or(0, |g| g.dead),
+                    oldest_pending: open.and_then(|g| g.oldest_pending),
+                    delivered: delivered
+                        .iter()
+                        .find(|(e, _)| e == env.as_str())
+                        .map_or(0, |(_, n)| *n),
+                }
+            })
+            .collect())
+    }
+
     /// Gives back a claim whose attempt was never started (a clean shutdown):
     /// lease cleared, due at `now`, the attempt count as before the claim.
     pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
@@ -481,6 +507,16 @@ pub struct DeliveryDetail {
 pub struct Gauges {
     pub environment: String,
     pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending: Option<Timestamp>,
+}
+
+/// One environment's deliveries by status, as the console shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub environment: Environment,
+    pub pending: u64,
+    pub delivered: u64,
     pub dead: u64,
     pub oldest_pending: Option<Timestamp>,
 }

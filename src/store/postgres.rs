@@ -169,6 +169,16 @@ impl PgStore {
             .collect())
     }
 
+    pub async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let query =
+            sqlx::query_as::<_, (String, i64)>(rows::DELIVERED_COUNTS).fetch_all(&self.pool);
+        Ok(bounded(self.timeout, query)
+            .await?
+            .into_iter()
+            .map(|(environment, n)| (environment, n.try_into().unwrap_or(0)))
+            .collect())
+    }
+
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(rows::NEXT_DUE)
             .fetch_one(&self.pool)

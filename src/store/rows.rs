@@ -103,6 +103,10 @@ pub const GAUGES: &str = "SELECT environment, \
      UNION ALL SELECT environment, status, received_at FROM deliveries WHERE status = 'dead') AS open \
      GROUP BY environment";
 
+/// Reads `deliveries_delivered` alone (it holds the environment).
+pub const DELIVERED_COUNTS: &str =
+    "SELECT environment, COUNT(*) FROM deliveries WHERE status = 'delivered' GROUP BY environment";
+
 impl FinishRow {
     pub fn new(id: DeliveryId, attempt: u32, outcome: &Outcome, made: &AttemptRecord) -> Self {
         let (status, at, http_status, error) = match outcome {

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_deliveries.sql"),
     include_str!("../../migrations/sqlite/0002_due_index_first.sql"),
     include_str!("../../migrations/sqlite/0003_attempts.sql"),
+    include_str!("../../migrations/sqlite/0004_delivered_by_environment.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -250,6 +251,17 @@ impl SqliteStore {
                     dead: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
                     oldest_pending: row.get::<_, Option<i64>>(3)?.map(Timestamp),
                 })
+            })?;
+            Ok(found.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(rows::DELIVERED_COUNTS)?;
+            let found = stmt.query_map([], |row| {
+                Ok((row.get(0)?, row.get::<_, i64>(1)?.try_into().unwrap_or(0)))
             })?;
             Ok(found.collect::<Result<Vec<_>, _>>()?)
         })

@@ -2,6 +2,7 @@
 //! mock Accelerates that are real HTTP servers, and Checkout.com-style signing.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod browser;
 pub mod db;
 pub mod mock;
 pub mod process;

@@ -1,0 +1,448 @@
+//! The operator's console: the admin API's operations as web pages, under
+//! `/console`, behind a sign-in with the admin token.
+//!
+//! Server-rendered (`pages`), no script at all, one embedded stylesheet. A
+//! session cookie (`session`) proves the sign-in; every form that changes
+//! something carries the session's CSRF token. Like the admin API it works
+//! over `store` and never shows a body, a header or a full token.
+
+mod chart;
+mod pages;
+mod session;
+
+use std::collections::HashMap;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use maud::Markup;
+
+use super::admin::audit;
+use super::AppState;
+use crate::config::Config;
+use crate::event::Environment;
+use crate::store::{DeliveryId, ListFilter, StoreError, Timestamp};
+use pages::{EnvironmentView, ListForm, Window};
+use session::{Session, Sessions};
+
+pub use session::COOKIE;
+
+/// No script, no other origin, no framing: the page is what the relay sent.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const STYLESHEET: &str = include_str!("console.css");
+
+/// Mounts `/console` (only called with an admin token configured).
+pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
+    let Some(token) = &config.admin_token else {
+        return;
+    };
+    let sessions = web::Data::new(Sessions::new(token, config.console_secure_cookie));
+    cfg.service(
+        web::scope("/console")
+            .app_data(sessions)
+            .wrap(
+                DefaultHeaders::new()
+                    .add((header::CONTENT_SECURITY_POLICY, CSP))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::REFERRER_POLICY, "no-referrer"))
+                    .add((header::CACHE_CONTROL, "no-store")),
+            )
+            .route("", web::get().to(overview))
+            .route("/", web::get().to(overview))
+            .route("/sign-in", web::get().to(sign_in_form))
+            .route("/sign-in", web::post().to(sign_in))
+            .route("/sign-out", web::post().to(sign_out))
+            .route("/deliveries", web::get().to(deliveries))
+            .route("/deliveries/{id}", web::get().to(delivery))
+            .route("/deliveries/{id}/retry", web::post().to(retry))
+            .route("/retry-dead", web::get().to(confirm_retry_dead))
+            .route("/retry-dead", web::post().to(retry_dead))
+            .route("/assets/console.css", web::get().to(stylesheet))
+            .default_service(web::to(not_found)),
+    );
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("sign in first")]
+    SignIn,
+    #[error(
+        "This form was not sent by this console session (it may be from before a sign-in). \
+         Go back, reload the page and try again."
+    )]
+    Forged,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "The store did not answer ({0}). /readyz on the webhook port tells whether it is \
+         down; try again when it is back."
+    )]
+    Store(#[from] StoreError),
+}
+
+impl ResponseError for ConsoleError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ConsoleError::SignIn => StatusCode::SEE_OTHER,
+            ConsoleError::Forged => StatusCode::FORBIDDEN,
+            ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let title = match self {
+            ConsoleError::SignIn => return see_other("/console/sign-in"),
+            ConsoleError::Forged => "Refused",
+            ConsoleError::NotFound(_) => "Not found",
+            ConsoleError::BadRequest(_) => "Bad request",
+            ConsoleError::Store(_) => "Store unavailable",
+        };
+        html(
+            self.status_code(),
+            pages::problem(None, title, &self.to_string()),
+        )
+    }
+}
+
+/// The signed-in operator, or a redirect to the sign-in page.
+fn signed_in(req: &HttpRequest, sessions: &Sessions) -> Result<Session, ConsoleError> {
+    sessions
+        .read(req, Timestamp::now())
+        .ok_or(ConsoleError::SignIn)
+}
+
+/// A state-changing form: signed in, and carrying this session's CSRF token.
+fn checked(
+    req: &HttpRequest,
+    sessions: &Sessions,
+    form: &HashMap<String, String>,
+) -> Result<Session, ConsoleError> {
+    let session = signed_in(req, sessions)?;
+    if !session.accepts(form.get("csrf").map(String::as_str)) {
+        tracing::warn!(
+            path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
+            outcome = "refused", "console form without this session's CSRF token"
+        );
+        return Err(ConsoleError::Forged);
+    }
+    Ok(session)
+}
+
+async fn sign_in_form(req: HttpRequest, sessions: web::Data<Sessions>) -> HttpResponse {
+    match sessions.read(&req, Timestamp::now()) {
+        Some(_) => see_other("/console"),
+        None => html(StatusCode::OK, pages::sign_in(None)),
+    }
+}
+
+async fn sign_in(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let token = state.config.admin_token.as_ref();
+    let sent = form.get("token").map(String::as_bytes);
+    if !token.zip(sent).is_some_and(|(t, sent)| t.matches(sent)) {
+        tracing::warn!(
+            path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
+            outcome = "refused", "console sign-in with a wrong admin token"
+        );
+        let page = pages::sign_in(Some(
+            "That is not the admin token. Use the value of RELAY_ADMIN_TOKEN.",
+        ));
+        return html(StatusCode::UNAUTHORIZED, page);
+    }
+    let (session, cookie) = sessions.start(Timestamp::now());
+    audit(&req, "console-sign-in", session.id(), "signed in");
+    let mut response = see_other("/console");
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("the cookie is hex and ASCII attributes"),
+    );
+    response
+}
+
+async fn sign_out(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = checked(&req, &sessions, &form)?;
+    audit(&req, "console-sign-out", session.id(), "signed out");
+    let mut response = see_other("/console/sign-in");
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&sessions.end()).expect("ASCII attributes"),
+    );
+    Ok(response)
+}
+
+async fn overview(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions)?;
+    let window = match query.get("window").map(String::as_str) {
+        None | Some("hour") => Window::Hour,
+        Some("day") => Window::Day,
+        Some(other) => {
+            return Err(ConsoleError::BadRequest(format!(
+                "`{other}` is not a chart window; use hour or day"
+            )))
+        }
+    };
+    let now = Timestamp::now();
+    let activity = &state.metrics.activity;
+    let environments: Vec<EnvironmentView> = state
+        .store
+        .counts()
+        .await?
+        .into_iter()
+        .filter(|c| {
+            let configured = state.config.credentials.contains_key(&c.environment.into());
+            configured || c.pending + c.delivered + c.dead > 0
+        })
+        .map(|counts| EnvironmentView {
+            minutes: activity.last(counts.environment, window.minutes(), now),
+            counts,
+        })
+        .collect();
+    let page = pages::overview(&session, &environments, window, now, activity.since());
+    Ok(html(StatusCode::OK, page))
+}
+
+async fn deliveries(
+    req: HttpRequest,
+    query: web::Query<Vec<(String, String)>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions)?;
+    let mut form = ListForm::default();
+    let mut notice = None;
+    let mut pairs = Vec::new();
+    // An empty field of the form is no filter; the time inputs send no zone
+    // and may omit seconds, and are UTC.
+    for (name, value) in query.iter().filter(|(_, v)| !v.trim().is_empty()) {
+        let value = value.trim();
+        let field = match name.as_str() {
+            "notice" => {
+                notice = Some(notice_text(value, query.as_slice()));
+                continue;
+            }
+            "retried" => continue,
+            "status" => &mut form.status,
+            "environment" => &mut form.environment,
+            "accelerate_token" => &mut form.accelerate_token,
+            "event_id" => &mut form.event_id,
+            "received_after" => &mut form.received_after,
+            "received_before" => &mut form.received_before,
+            _ => {
+                pairs.push((name.clone(), value.to_owned()));
+                continue;
+            }
+        };
+        // A `datetime-local` input shows no zone.
+        value.trim_end_matches('Z').clone_into(field);
+        let value = match name.as_str() {
+            "received_after" | "received_before" => utc(value),
+            _ => value.to_owned(),
+        };
+        pairs.push((name.clone(), value));
+    }
+    let (found, older) =
+        match ListFilter::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Err(message) => (Err(message), None),
+            Ok(filter) => {
+                let list = state.store.list(&filter).await?;
+                let older = (list.len() == filter.limit as usize)
+                    .then(|| list.last().map(|d| older_page(&pairs, &d.id)))
+                    .flatten();
+                (Ok(list), older)
+            }
+        };
+    let status = if found.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let found = found.as_deref().map_err(String::as_str);
+    let page = pages::deliveries(&session, &form, found, notice.as_deref(), older);
+    Ok(html(status, page))
+}
+
+async fn delivery(
+    req: HttpRequest,
+    id: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions)?;
+    let id = delivery_id(&id)?;
+    let detail = state.store.detail(id).await?.ok_or_else(|| missing(id))?;
+    let notice = query.get("notice").map(|n| notice_text(n, &[]));
+    Ok(html(
+        StatusCode::OK,
+        pages::delivery(&session, &detail, notice.as_deref()),
+    ))
+}
+
+async fn retry(
+    req: HttpRequest,
+    id: web::Path<String>,
+    form: web::Form<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    checked(&req, &sessions, &form)?;
+    let id = delivery_id(&id)?;
+    if !state.store.retry(id, Timestamp::now()).await? {
+        audit(&req, "console-retry", &id.to_string(), "not found");
+        return Err(missing(id));
+    }
+    state.wake.notify_one();
+    audit(&req, "console-retry", &id.to_string(), "pending, due now");
+    Ok(see_other(&format!(
+        "/console/deliveries/{id}?notice=retried"
+    )))
+}
+
+async fn confirm_retry_dead(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions)?;
+    let environment = environment(&query)?;
+    let dead = state
+        .store
+        .counts()
+        .await?
+        .iter()
+        .filter(|c| environment.is_none_or(|e| e == c.environment))
+        .map(|c| c.dead)
+        .sum();
+    Ok(html(
+        StatusCode::OK,
+        pages::confirm_retry_dead(&session, environment, dead),
+    ))
+}
+
+async fn retry_dead(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    checked(&req, &sessions, &form)?;
+    let environment = environment(&form)?;
+    let retried = state
+        .store
+        .retry_dead(Timestamp::now(), environment)
+        .await?;
+    state.wake.notify_one();
+    audit(
+        &req,
+        "console-retry-dead",
+        environment.map_or("all environments", Environment::as_str),
+        &format!("{retried} pending, due now"),
+    );
+    Ok(see_other(&format!(
+        "/console/deliveries?status=pending&notice=retried-dead&retried={retried}"
+    )))
+}
+
+async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "private, max-age=300"))
+        .body(STYLESHEET)
+}
+
+async fn not_found() -> HttpResponse {
+    ConsoleError::NotFound("There is no such console page.".to_owned()).error_response()
+}
+
+fn html(status: StatusCode, page: Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(page.into_string())
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
+}
+
+fn missing(id: DeliveryId) -> ConsoleError {
+    ConsoleError::NotFound(format!(
+        "There is no delivery {id}. Delivered events are purged after RELAY_RETENTION_HOURS."
+    ))
+}
+
+fn delivery_id(value: &str) -> Result<DeliveryId, ConsoleError> {
+    value.parse().map_err(ConsoleError::BadRequest)
+}
+
+fn environment(fields: &HashMap<String, String>) -> Result<Option<Environment>, ConsoleError> {
+    match fields.get("environment").map(|e| e.trim()) {
+        None | Some("") => Ok(None),
+        Some(e) => e
+            .parse()
+            .map(Some)
+            .map_err(|e| ConsoleError::BadRequest(format!("environment: {e}"))),
+    }
+}
+
+/// The sentence a redirect's `notice` stands for (never text from the query).
+fn notice_text(notice: &str, query: &[(String, String)]) -> String {
+    let retried = query
+        .iter()
+        .find(|(k, _)| k == "retried")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    match notice {
+        "retried" => "Retried: the delivery was made pending and due now.".to_owned(),
+        "retried-dead" => {
+            format!("Retried: {retried} dead deliveries were made pending and due now.")
+        }
+        _ => "Done.".to_owned(),
+    }
+}
+
+/// A `datetime-local` value (`2026-11-25T18:00` or with seconds) as UTC RFC 3339.
+fn utc(value: &str) -> String {
+    let time = value.get(10..).unwrap_or_default();
+    let has_zone = time.ends_with(['Z', 'z']) || time.contains(['+', '-']);
+    match (value.len(), has_zone) {
+        (16, false) => format!("{value}:00Z"),
+        (_, false) => format!("{value}Z"),
+        _ => value.to_owned(),
+    }
+}
+
+/// The same filters, from below `last`.
+fn older_page(pairs: &[(String, String)], last: &str) -> String {
+    let query: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "cursor")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([("cursor", last)])
+        .collect();
+    let encoded = serde_urlencoded::to_string(query).expect("string pairs always encode");
+    format!("/console/deliveries?{encoded}")
+}
