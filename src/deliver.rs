@@ -15,7 +15,11 @@ use crate::config::Config;
 use crate::event::Environment;
 use crate::metrics::Metrics;
 use crate::retry::{next_wait, parse_retry_after, RetrySchedule};
-use crate::store::{AttemptKind, AttemptRecord, Claimed, Outcome, Store, StoreError, Timestamp};
+use crate::secret::Secret;
+use crate::store::{
+    AttemptKind, AttemptRecord, Claimed, Forward, Outcome, Store, StoreError, Timestamp,
+};
+use crate::verify::{KeyRef, Resolved};
 
 pub const USER_AGENT_VALUE: &str = concat!("accelerate-relay/", env!("CARGO_PKG_VERSION"));
 
@@ -46,6 +50,9 @@ pub struct Worker {
     concurrency: usize,
     wake: Arc<Notify>,
     metrics: Option<Arc<Metrics>>,
+    /// The configuration's keys: stored deliveries name their Authorization
+    /// key, and the value sent is looked up here.
+    config: Arc<Config>,
 }
 
 impl Worker {
@@ -69,6 +76,7 @@ impl Worker {
             concurrency: config.delivery_concurrency.max(1),
             wake,
             metrics: None,
+            config: Arc::new(config.clone()),
         })
     }
 
@@ -265,6 +273,13 @@ impl Worker {
             .timeout(self.timeout)
             .body(claim.body.clone());
         for (name, value) in claim.headers.iter() {
+            let value = match value {
+                Forward::Bytes(value) => value.as_ref(),
+                Forward::Key(key) => match self.key_for(claim, key) {
+                    Some(key) => key.expose().as_bytes(),
+                    None => return Answer::no_key(claim.environment),
+                },
+            };
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_bytes(value),
@@ -307,6 +322,24 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// The Authorization value for a stored key reference: the key the event
+    /// arrived with, or (that key since removed) the environment's first key.
+    fn key_for(&self, claim: &Claimed, key: &KeyRef) -> Option<&Secret> {
+        match self.config.credentials(claim.environment)?.resolve(key) {
+            Resolved::Same(key) => Some(key),
+            Resolved::Replaced(key) => {
+                tracing::warn!(
+                    delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
+                    "the Authorization key this event arrived with is no longer configured \
+                     (a rotation finished while it waited): sending the environment's first key"
+                );
+                Some(key)
+            }
+        }
+    }
+}
+
 /// What came of one request to Accelerate. `error` is `None` on a 2xx.
 struct Answer {
     status: Option<u16>,
@@ -316,6 +349,23 @@ struct Answer {
 }
 
 impl Answer {
+    /// Nothing sent: the event's environment has no keys configured any more.
+    fn no_key(environment: Environment) -> Self {
+        let var = match environment {
+            Environment::Sandbox => "CKO_SANDBOX_AUTHORIZATION_KEY",
+            Environment::Production => "CKO_PRODUCTION_AUTHORIZATION_KEY",
+        };
+        Answer {
+            status: None,
+            kind: AttemptKind::Other,
+            error: Some(format!(
+                "not sent: {environment} has no Authorization key configured; set {var} (and its \
+                 signature key) and retry the delivery"
+            )),
+            retry_after: None,
+        }
+    }
+
     fn failed(e: reqwest::Error, timeout: Duration) -> Self {
         let (kind, error) = if e.is_timeout() {
             (

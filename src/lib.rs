@@ -75,6 +75,21 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let store = Store::open(&config.database, store::Role::Service).await?;
+        match store
+            .convert_authorization(|env| config.credentials(env))
+            .await?
+        {
+            (0, 0) => {}
+            (converted, 0) => tracing::info!(
+                converted,
+                "stored Authorization values replaced by references to the configured keys"
+            ),
+            (converted, left) => tracing::warn!(
+                converted, left,
+                "deliveries of an environment with no keys configured still hold the Authorization \
+                 value they arrived with; set that environment's keys and restart to convert them"
+            ),
+        }
         let bind = |var: &'static str, addr| {
             TcpListener::bind(addr).map_err(|source| StartError::Bind { var, addr, source })
         };

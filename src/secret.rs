@@ -68,6 +68,27 @@ impl KeyRing {
             .fold(false, |found, key| found | key.matches(candidate))
     }
 
+    /// Where the matching key is in the list. Every key is compared, as in
+    /// `matches_any`; the answer then says which.
+    pub fn position(&self, candidate: &[u8]) -> Option<usize> {
+        self.0
+            .iter()
+            .enumerate()
+            .fold(None, |found, (i, key)| match key.matches(candidate) {
+                true => found.or(Some(i)),
+                false => found,
+            })
+    }
+
+    /// The key at `index`, if the list is that long.
+    pub fn get(&self, index: usize) -> Option<&Secret> {
+        self.0.get(index)
+    }
+
+    pub fn first(&self) -> &Secret {
+        &self.0[0]
+    }
+
     pub fn masked(&self) -> String {
         let keys: Vec<String> = self.0.iter().map(Secret::masked).collect();
         keys.join(", ")
@@ -94,6 +115,8 @@ mod tests {
         assert!(ring.matches_any(b"new"));
         assert!(!ring.matches_any(b"ol"));
         assert!(!ring.matches_any(b"old,new"));
+        assert_eq!(ring.position(b"new"), Some(1));
+        assert_eq!(ring.position(b"ne"), None);
         assert!(KeyRing::parse(" , ").is_none());
     }
 }

@@ -19,15 +19,116 @@ pub struct Credentials {
 /// A body whose signature has been checked. Only [`verify`] makes one, so code
 /// that takes a `VerifiedBody` cannot be handed unchecked bytes.
 #[derive(Clone, Debug)]
-pub struct VerifiedBody(Bytes);
+pub struct VerifiedBody {
+    body: Bytes,
+    /// Which of the environment's Authorization keys the request carried.
+    authorization: usize,
+}
 
 impl VerifiedBody {
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.body
     }
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.body
     }
+    pub fn authorization_index(&self) -> usize {
+        self.authorization
+    }
+}
+
+/// Which configured Authorization key an event arrived with, stored in its
+/// place so the store never holds the key: the key's place in the list and a
+/// fingerprint of it keyed by the environment's signature key (someone who
+/// reads the database cannot test guesses of the key against it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    index: u16,
+    fingerprint: [u8; 8],
+}
+
+/// The Authorization value to send for a stored [`KeyRef`].
+#[derive(Debug)]
+pub enum Resolved<'a> {
+    /// The key the event arrived with, still configured.
+    Same(&'a Secret),
+    /// That key was removed since (a finished rotation): the environment's first key.
+    Replaced(&'a Secret),
+}
+
+impl KeyRef {
+    /// `index:fingerprint-hex`, as stored.
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.index, hex::encode(self.fingerprint))
+    }
+
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        let raw = std::str::from_utf8(raw).ok()?;
+        let (index, fingerprint) = raw.split_once(':')?;
+        let mut bytes = [0; 8];
+        hex::decode_to_slice(fingerprint, &mut bytes).ok()?;
+        Some(Self {
+            index: index.parse().ok()?,
+            fingerprint: bytes,
+        })
+    }
+}
+
+impl Credentials {
+    /// The reference stored for the Authorization key at `index`.
+    pub fn key_ref(&self, index: usize) -> KeyRef {
+        let key = self
+            .authorization
+            .get(index)
+            .unwrap_or(self.authorization.first());
+        KeyRef {
+            index: u16::try_from(index).unwrap_or(u16::MAX),
+            fingerprint: fingerprint(self.signature.first(), key),
+        }
+    }
+
+    /// The reference for a raw Authorization value, as rows written before
+    /// references were converted; a value no longer configured gets one no
+    /// key matches, so its delivery is sent with the first key.
+    pub fn key_ref_of(&self, value: &[u8]) -> KeyRef {
+        match self.authorization.position(value) {
+            Some(index) => self.key_ref(index),
+            None => KeyRef {
+                index: 0,
+                fingerprint: fingerprint(
+                    self.signature.first(),
+                    &Secret::new(String::from_utf8_lossy(value)),
+                ),
+            },
+        }
+    }
+
+    /// The key a stored reference names, found by its fingerprint under any
+    /// configured signature key (so a rotation of either list in progress
+    /// still finds it), or else the first key.
+    pub fn resolve(&self, stored: &KeyRef) -> Resolved<'_> {
+        let named = |key: &Secret| {
+            self.signature
+                .iter()
+                .any(|sig| fingerprint(sig, key) == stored.fingerprint)
+        };
+        let hinted = self
+            .authorization
+            .get(usize::from(stored.index))
+            .filter(|key| named(key));
+        match hinted.or_else(|| self.authorization.iter().find(|key| named(key))) {
+            Some(key) => Resolved::Same(key),
+            None => Resolved::Replaced(self.authorization.first()),
+        }
+    }
+}
+
+fn fingerprint(signature_key: &Secret, authorization: &Secret) -> [u8; 8] {
+    let mut mac = hmac_for(signature_key.expose().as_bytes());
+    mac.update(b"accelerate-relay authorization key\0");
+    mac.update(authorization.expose().as_bytes());
+    let full = mac.finalize().into_bytes();
+    full[..8].try_into().expect("SHA-256 is 32 bytes")
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -47,9 +148,10 @@ pub fn verify(
     body: Bytes,
 ) -> Result<VerifiedBody, VerifyError> {
     let authorization = authorization.ok_or(VerifyError::Unauthorized)?;
-    if !credentials.authorization.matches_any(authorization) {
-        return Err(VerifyError::Unauthorized);
-    }
+    let authorization = credentials
+        .authorization
+        .position(authorization)
+        .ok_or(VerifyError::Unauthorized)?;
     let signature = signature
         .and_then(|s| hex::decode(s).ok())
         .ok_or(VerifyError::InvalidSignature)?;
@@ -57,7 +159,10 @@ pub fn verify(
         found | signature_matches(key, &body, &signature)
     });
     if valid {
-        Ok(VerifiedBody(body))
+        Ok(VerifiedBody {
+            body,
+            authorization,
+        })
     } else {
         Err(VerifyError::InvalidSignature)
     }
@@ -115,6 +220,35 @@ mod tests {
             .expect("valid");
             assert_eq!(verified.bytes(), &body);
         }
+    }
+
+    #[test]
+    fn a_stored_key_ref_finds_its_key_through_rotations() {
+        let body = Bytes::from_static(b"{}");
+        let sig = sign(b"sig-old", &body);
+        let verified =
+            verify(&creds(), Some(b"auth-new"), Some(sig.as_bytes()), body).expect("valid");
+        assert_eq!(verified.authorization_index(), 1);
+        let stored = KeyRef::parse(creds().key_ref(1).encode().as_bytes()).expect("round trip");
+        assert_eq!(stored, creds().key_ref_of(b"auth-new"));
+        assert!(!stored.encode().contains("auth"));
+        let same = |c: &Credentials| match c.resolve(&stored) {
+            Resolved::Same(k) => k.expose().to_owned(),
+            Resolved::Replaced(k) => format!("replaced by {}", k.expose()),
+        };
+        assert_eq!(same(&creds()), "auth-new");
+        // Reordered, and the signature keys rotated on (the old one still listed).
+        let rotated = Credentials {
+            authorization: KeyRing::parse("auth-new,auth-newest").expect("keys"),
+            signature: KeyRing::parse("sig-newest,sig-old").expect("keys"),
+        };
+        assert_eq!(same(&rotated), "auth-new");
+        // The key is gone: the first key, said so.
+        let finished = Credentials {
+            authorization: KeyRing::parse("auth-newest").expect("keys"),
+            signature: KeyRing::parse("sig-old").expect("keys"),
+        };
+        assert_eq!(same(&finished), "replaced by auth-newest");
     }
 
     #[test]

@@ -443,7 +443,120 @@ async fn attempts_in_flight_never_exceed_the_concurrency(backend: Backend) {
         .await;
 }
 
+/// A relay whose failed deliveries wait a second between attempts, for ten.
+async fn patient(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, &[("RELAY_RETRY_SCHEDULE", &["1s"; 10].join(","))]).await
+}
+
+/// Sends `id` with the sandbox's second Authorization key while Accelerate
+/// fails, so it waits in the store.
+async fn waiting_with_the_second_key(app: &TestApp, id: &str) -> Vec<u8> {
+    app.sandbox.set_default(Reply::Status(503));
+    let body = approved_event(id);
+    let response = post_signed_with(
+        &app.client,
+        &app.address,
+        "sandbox",
+        body.clone(),
+        SANDBOX_AUTH_NEW,
+        SANDBOX_SIG,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(eventually(WAIT, || async { !app.sandbox.received().is_empty() }).await);
+    body
+}
+
+/// Lets Accelerate answer, and returns the Authorization `id` was delivered with.
+async fn delivered_authorization(app: &TestApp, id: &str) -> String {
+    app.sandbox.set_default(Reply::Status(200));
+    let within = Duration::from_secs(20);
+    assert!(
+        app.reaches_status(id, "delivered", within).await,
+        "{id} delivered"
+    );
+    let received = app.sandbox.received();
+    let last = received
+        .iter()
+        .rev()
+        .find(|r| r.event_id() == id)
+        .expect("received");
+    let value = last
+        .header_str("authorization")
+        .expect("an Authorization header");
+    value.to_owned()
+}
+
+async fn the_store_names_the_key_and_never_holds_it(backend: Backend) {
+    let app = patient(backend).await;
+    waiting_with_the_second_key(&app, "evt_key_ref").await;
+    let stored = app.db.headers("evt_key_ref").await;
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        text.contains("=authorization:1:"),
+        "a reference to key 1: {text}"
+    );
+    assert!(
+        !text.contains("sbx-authorization-key"),
+        "no key in the row: {text}"
+    );
+    let files = String::from_utf8_lossy(&app.db.sqlite_files()).into_owned();
+    assert!(
+        !files.contains("sbx-authorization-key"),
+        "no key anywhere in the SQLite files"
+    );
+    assert_eq!(
+        delivered_authorization(&app, "evt_key_ref").await,
+        SANDBOX_AUTH_NEW
+    );
+    app.stop().await;
+}
+
+async fn a_key_removed_while_its_event_waited_is_replaced_by_the_first(backend: Backend) {
+    let app = patient(backend).await;
+    waiting_with_the_second_key(&app, "evt_key_gone").await;
+    let app = app
+        .restart_with(&[("CKO_SANDBOX_AUTHORIZATION_KEY", "sbx-authorization-key-3")])
+        .await;
+    assert_eq!(
+        delivered_authorization(&app, "evt_key_gone").await,
+        "sbx-authorization-key-3"
+    );
+    app.stop().await;
+}
+
+async fn rows_from_before_key_references_are_converted_at_start(backend: Backend) {
+    let app = patient(backend).await;
+    waiting_with_the_second_key(&app, "evt_legacy").await;
+    // As the previous version wrote it: the value itself, and the marker of 0005.
+    let legacy = format!("content-type:application/json\nauthorization:{SANDBOX_AUTH_NEW}\n");
+    let blob = hex::encode(legacy.as_bytes());
+    let set = match backend {
+        Backend::Sqlite => format!("UPDATE deliveries SET headers = X'{blob}'"),
+        Backend::Postgres => format!("UPDATE deliveries SET headers = decode('{blob}', 'hex')"),
+    };
+    let app = app
+        .restart_after(async |db| {
+            db.execute(&set).await;
+            db.execute("INSERT INTO conversions (name) VALUES ('authorization_key_refs')")
+                .await;
+        })
+        .await;
+    let stored = String::from_utf8_lossy(&app.db.headers("evt_legacy").await).into_owned();
+    assert_eq!(stored.matches("=authorization:1:").count(), 1, "{stored}");
+    assert!(!stored.contains(SANDBOX_AUTH_NEW), "{stored}");
+    assert_eq!(
+        delivered_authorization(&app, "evt_legacy").await,
+        SANDBOX_AUTH_NEW
+    );
+    app.stop().await;
+}
+
 on_both_stores!(
+    the_store_names_the_key_and_never_holds_it,
+    a_key_removed_while_its_event_waited_is_replaced_by_the_first,
+    rows_from_before_key_references_are_converted_at_start,
     retry_after_beyond_any_number_waits_the_cap,
     clean_shutdown_spends_no_attempt_it_never_made,
     attempts_in_flight_never_exceed_the_concurrency,

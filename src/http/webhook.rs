@@ -16,7 +16,7 @@ use serde_json::json;
 use super::AppState;
 use crate::event::{self, Environment, EventError};
 use crate::store::{Accepted, ForwardHeaders, NewEvent, StoreError, Timestamp};
-use crate::verify::{self, VerifyError};
+use crate::verify::{self, KeyRef, VerifyError};
 
 /// The whole body must arrive within this; a client trickling bytes is cut off.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -286,6 +286,7 @@ async fn receive(
         });
     };
     let redacted = token.redacted();
+    let authorization = credentials.key_ref(body.authorization_index());
     let accepted = state
         .store
         .accept(NewEvent {
@@ -294,7 +295,7 @@ async fn receive(
             event_type: event.event_type,
             token,
             body: body.into_bytes(),
-            headers: forward_headers(headers),
+            headers: forward_headers(headers, authorization),
             received_at: Timestamp::now(),
         })
         .await?;
@@ -381,13 +382,17 @@ fn forwarded_for(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The headers Accelerate needs to check the webhook itself: Content-Type,
-/// Authorization, Cko-Signature and any other `Cko-*`, as received.
-fn forward_headers(headers: &HeaderMap) -> ForwardHeaders {
+/// Authorization, Cko-Signature and any other `Cko-*`, as received; in place
+/// of the Authorization value, which configured key it was.
+fn forward_headers(headers: &HeaderMap, authorization: KeyRef) -> ForwardHeaders {
     let mut forward = ForwardHeaders::default();
     for (name, value) in headers {
-        let name = name.as_str();
-        if name == "content-type" || name == "authorization" || name.starts_with("cko-") {
-            forward.push(name, value.as_bytes());
+        match name.as_str() {
+            "authorization" => forward.push_key("authorization", authorization),
+            name if name == "content-type" || name.starts_with("cko-") => {
+                forward.push(name, value.as_bytes())
+            }
+            _ => {}
         }
     }
     forward

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType};
+use crate::verify::{Credentials, KeyRef};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -131,6 +132,61 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// Replaces the Authorization values that rows from before key references
+    /// still hold (migration 0005) with `key_ref` of them, page by page; each
+    /// row is rewritten only if unchanged since it was read, so it is safe
+    /// beside other replicas and after a crash halfway. Rows of an
+    /// environment without keys now are left, and the conversion runs again
+    /// at the next start. Returns (converted, left).
+    pub async fn convert_authorization<'c>(
+        &self,
+        credentials: impl Fn(Environment) -> Option<&'c Credentials>,
+    ) -> Result<(u64, u64), StoreError> {
+        const PAGE: i64 = 500;
+        let name = rows::AUTHORIZATION_CONVERSION;
+        let pending = match self {
+            Store::Sqlite(s) => s.conversion_pending(name).await?,
+            Store::Postgres(s) => s.conversion_pending(name).await?,
+        };
+        if !pending {
+            return Ok((0, 0));
+        }
+        let (mut converted, mut left, mut after) = (0, 0, 0);
+        loop {
+            let page = match self {
+                Store::Sqlite(s) => s.headers_page(after, PAGE).await?,
+                Store::Postgres(s) => s.headers_page(after, PAGE).await?,
+            };
+            let Some(last) = page.last() else { break };
+            after = last.0;
+            for (id, environment, raw) in page {
+                let Some(headers) = ForwardHeaders::decode(&raw).filter(|h| h.holds_a_key()) else {
+                    continue;
+                };
+                let keys = environment.parse().ok().and_then(&credentials);
+                let Some(keys) = keys else {
+                    left += 1;
+                    continue;
+                };
+                let new = headers
+                    .without_keys(|value| keys.key_ref_of(value))
+                    .encode();
+                let rewritten = match self {
+                    Store::Sqlite(s) => s.rewrite_headers(id, raw, new).await?,
+                    Store::Postgres(s) => s.rewrite_headers(id, raw, new).await?,
+                };
+                converted += u64::from(rewritten);
+            }
+        }
+        if left == 0 {
+            match self {
+                Store::Sqlite(s) => s.converted(name).await?,
+                Store::Postgres(s) => s.converted(name).await?,
+            }
+        }
+        Ok((converted, left))
     }
 
     /// Gives back a claim whose attempt was never started (a clean shutdown):
@@ -341,29 +397,76 @@ impl FromStr for Status {
     }
 }
 
-/// The request headers forwarded to Accelerate, exactly as received.
+/// The request headers forwarded to Accelerate, exactly as received, but for
+/// the Authorization value: in its place, which configured key it was.
 ///
 /// Stored as `name:value\n` lines of raw bytes: header values cannot hold a
-/// newline, and bytes (not strings) keep any value unchanged.
+/// newline, and bytes (not strings) keep any value unchanged. A key reference
+/// is the line `=name:reference`: `=` cannot begin a header name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ForwardHeaders(Vec<(String, Bytes)>);
+pub struct ForwardHeaders(Vec<(String, Forward)>);
+
+/// One forwarded header's value as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forward {
+    Bytes(Bytes),
+    /// The configured key the value was (see `verify::KeyRef`).
+    Key(KeyRef),
+}
 
 impl ForwardHeaders {
     pub fn push(&mut self, name: &str, value: &[u8]) {
-        self.0
-            .push((name.to_ascii_lowercase(), Bytes::copy_from_slice(value)));
+        self.0.push((
+            name.to_ascii_lowercase(),
+            Forward::Bytes(Bytes::copy_from_slice(value)),
+        ));
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_ref()))
+    pub fn push_key(&mut self, name: &str, key: KeyRef) {
+        self.0.push((name.to_ascii_lowercase(), Forward::Key(key)));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Forward)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Whether an Authorization value is here in clear (a row from before
+    /// key references, not yet converted).
+    pub fn holds_a_key(&self) -> bool {
+        self.0
+            .iter()
+            .any(|(n, v)| n == "authorization" && matches!(v, Forward::Bytes(_)))
+    }
+
+    /// The same headers with every Authorization value replaced by `key_ref`
+    /// of it.
+    pub fn without_keys(&self, key_ref: impl Fn(&[u8]) -> KeyRef) -> Self {
+        let lines = self.0.iter().map(|(name, value)| {
+            let value = match value {
+                Forward::Bytes(v) if name == "authorization" => Forward::Key(key_ref(v)),
+                other => other.clone(),
+            };
+            (name.clone(), value)
+        });
+        Self(lines.collect())
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in &self.0 {
-            out.extend_from_slice(name.as_bytes());
-            out.push(b':');
-            out.extend_from_slice(value);
+            match value {
+                Forward::Bytes(value) => {
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b':');
+                    out.extend_from_slice(value);
+                }
+                Forward::Key(key) => {
+                    out.push(b'=');
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b':');
+                    out.extend_from_slice(key.encode().as_bytes());
+                }
+            }
             out.push(b'\n');
         }
         out
@@ -374,7 +477,11 @@ impl ForwardHeaders {
         for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let colon = line.iter().position(|b| *b == b':')?;
             let name = std::str::from_utf8(&line[..colon]).ok()?;
-            headers.push(name, &line[colon + 1..]);
+            let value = &line[colon + 1..];
+            match name.strip_prefix('=') {
+                Some(name) => headers.push_key(name, KeyRef::parse(value)?),
+                None => headers.push(name, value),
+            }
         }
         Some(headers)
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, Value};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -177,6 +177,49 @@ impl PgStore {
             .into_iter()
             .map(|(environment, n)| (environment, n.try_into().unwrap_or(0)))
             .collect())
+    }
+
+    pub async fn conversion_pending(&self, name: &'static str) -> Result<bool, StoreError> {
+        let found: Option<i32> = sqlx::query_scalar(rows::CONVERSION_PENDING)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    pub async fn headers_page(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<HeadersRow>, StoreError> {
+        Ok(sqlx::query_as(rows::HEADERS_PAGE)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn rewrite_headers(
+        &self,
+        id: i64,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(rows::REWRITE_HEADERS)
+            .bind(id)
+            .bind(old)
+            .bind(new)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn converted(&self, name: &'static str) -> Result<(), StoreError> {
+        sqlx::query(rows::CONVERTED)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {

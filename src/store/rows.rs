@@ -103,6 +103,20 @@ pub const GAUGES: &str = "SELECT environment, \
      UNION ALL SELECT environment, status, received_at FROM deliveries WHERE status = 'dead') AS open \
      GROUP BY environment";
 
+/// The conversion of stored Authorization values into key references (0005).
+pub const AUTHORIZATION_CONVERSION: &str = "authorization_key_refs";
+pub const CONVERSION_PENDING: &str = "SELECT 1 FROM conversions WHERE name = $1";
+pub const CONVERTED: &str = "DELETE FROM conversions WHERE name = $1";
+/// Every row's headers, in id order, a page at a time.
+pub const HEADERS_PAGE: &str =
+    "SELECT id, environment, headers FROM deliveries WHERE id > $1 ORDER BY id LIMIT $2";
+/// Only while the headers are what was read: a concurrent write wins.
+pub const REWRITE_HEADERS: &str =
+    "UPDATE deliveries SET headers = $3 WHERE id = $1 AND headers = $2";
+
+/// A delivery's id, environment and stored headers.
+pub type HeadersRow = (i64, String, Vec<u8>);
+
 /// Reads `deliveries_delivered` alone (it holds the environment).
 pub const DELIVERED_COUNTS: &str =
     "SELECT environment, COUNT(*) FROM deliveries WHERE status = 'delivered' GROUP BY environment";

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, Value};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_due_index_first.sql"),
     include_str!("../../migrations/sqlite/0003_attempts.sql"),
     include_str!("../../migrations/sqlite/0004_delivered_by_environment.sql"),
+    include_str!("../../migrations/sqlite/0005_authorization_key_refs.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -86,6 +87,15 @@ enum Op {
     Retry(DeliveryId, Timestamp, Reply<bool>),
     RetryDead(Timestamp, Option<Environment>, Reply<u64>),
     Purge(Timestamp, Reply<u64>),
+    /// One row's headers replaced, if they are still `old`.
+    Rewrite {
+        id: i64,
+        old: Vec<u8>,
+        new: Vec<u8>,
+        reply: Reply<u64>,
+    },
+    /// A conversion finished: its marker deleted.
+    Converted(&'static str, Reply<u64>),
     Close(oneshot::Sender<()>),
 }
 
@@ -301,6 +311,52 @@ impl SqliteStore {
                 return Ok(total);
             }
         }
+    }
+
+    pub async fn conversion_pending(&self, name: &'static str) -> Result<bool, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(rows::CONVERSION_PENDING)?;
+            Ok(stmt.exists([name])?)
+        })
+        .await
+    }
+
+    pub async fn headers_page(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<HeadersRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(rows::HEADERS_PAGE)?;
+            let found = stmt.query_map([after, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            Ok(found.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn rewrite_headers(
+        &self,
+        id: i64,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .call(|reply| Op::Rewrite {
+                id,
+                old,
+                new,
+                reply,
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn converted(&self, name: &'static str) -> Result<(), StoreError> {
+        self.call(|reply| Op::Converted(name, reply))
+            .await
+            .map(|_| ())
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -732,6 +788,14 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
             execute(conn, rows::PURGE_ATTEMPTS, &chunk)?;
             Done::Count(execute(conn, rows::PURGE_DELIVERED, &chunk)?)
         }
+        Op::Rewrite { id, old, new, .. } => Done::Count(execute(
+            conn,
+            rows::REWRITE_HEADERS,
+            &[Value::Int(*id), Value::Blob(old), Value::Blob(new)],
+        )?),
+        Op::Converted(name, _) => {
+            Done::Count(execute(conn, rows::CONVERTED, &[Value::Text(name)])?)
+        }
         Op::Close(_) => Done::Finished,
     })
 }
@@ -798,7 +862,11 @@ impl Op {
             (Op::Finish(_, reply), Ok(Done::Finished)) => send(reply, Ok(())),
             (Op::Retry(_, _, r), Ok(Done::Count(n))) => send(r, Ok(n > 0)),
             (
-                Op::RetryDead(_, _, r) | Op::Purge(_, r) | Op::Release { reply: r, .. },
+                Op::RetryDead(_, _, r)
+                | Op::Purge(_, r)
+                | Op::Release { reply: r, .. }
+                | Op::Rewrite { reply: r, .. }
+                | Op::Converted(_, r),
                 Ok(Done::Count(n)),
             ) => send(r, Ok(n)),
             (Op::Close(done), _) => {
@@ -813,9 +881,11 @@ impl Op {
                     Op::Claim { reply, .. } => send(reply, Err(error)),
                     Op::Finish(_, reply) => send(reply, Err(error)),
                     Op::Retry(_, _, r) => send(r, Err(error)),
-                    Op::RetryDead(_, _, r) | Op::Purge(_, r) | Op::Release { reply: r, .. } => {
-                        send(r, Err(error))
-                    }
+                    Op::RetryDead(_, _, r)
+                    | Op::Purge(_, r)
+                    | Op::Release { reply: r, .. }
+                    | Op::Rewrite { reply: r, .. }
+                    | Op::Converted(_, r) => send(r, Err(error)),
                     Op::Close(done) => {
                         let _ = done.send(());
                     }

@@ -137,6 +137,43 @@ impl TestDb {
         }
     }
 
+    /// Runs SQL of the test's own on the relay's database.
+    pub async fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => self.execute_sqlite(sql).await,
+            Backend::Postgres => self.execute_postgres(sql).await,
+        }
+    }
+
+    /// A delivery's stored headers, as the store wrote them.
+    pub async fn headers(&self, event_id: &str) -> Vec<u8> {
+        let sql = "SELECT headers FROM deliveries WHERE event_id = $1";
+        match self.backend {
+            Backend::Sqlite => self
+                .sqlite()
+                .query_row(sql, [event_id], |row| row.get(0))
+                .expect("read headers"),
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
+                sqlx::query_scalar(sql)
+                    .bind(event_id)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("read headers")
+            }
+        }
+    }
+
+    /// Every byte of the SQLite files (none for PostgreSQL).
+    pub fn sqlite_files(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let path = self.dir.path().join(format!("relay.db{suffix}"));
+            all.extend(std::fs::read(path).unwrap_or_default());
+        }
+        all
+    }
+
     async fn execute_sqlite(&self, sql: &str) {
         self.sqlite().execute_batch(sql).expect(sql);
     }

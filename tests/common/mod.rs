@@ -178,14 +178,26 @@ impl TestApp {
         }
     }
 
+    /// As `restart`, with some variables changed (an empty value unsets one).
+    pub async fn restart_with(mut self, overrides: &[(&str, &str)]) -> Self {
+        self.vars = with_overrides(std::mem::take(&mut self.vars), overrides);
+        self.restart().await
+    }
+
     /// Stops cleanly (as SIGTERM does) and starts again on the same store,
     /// the same mocks and the same configuration.
     pub async fn restart(self) -> Self {
+        self.restart_after(async |_| {}).await
+    }
+
+    /// As `restart`, doing `between` to the store while the relay is stopped.
+    pub async fn restart_after(self, between: impl AsyncFnOnce(&TestDb)) -> Self {
         self.handle.stop(true).await;
         self.join
             .await
             .expect("the relay task ends")
             .expect("the relay stops cleanly");
+        between(&self.db).await;
         Self::start(self.vars, self.db, self.sandbox, self.production).await
     }
 
