@@ -5,6 +5,7 @@
 
 mod load;
 mod mock;
+mod pinned;
 mod procs;
 
 use std::sync::atomic::Ordering;
@@ -47,6 +48,14 @@ struct Args {
     no_postgres: bool,
     #[arg(long)]
     no_nginx: bool,
+    /// Load generator and mocks on CPU 0, the server under test on CPU 1;
+    /// the ceiling and the relay on each store alternate for `--rounds`
+    /// rounds, and the medians are the verdict (bench/README.md).
+    #[arg(long)]
+    pinned: bool,
+    /// Rounds of the pinned mode.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// The relay binary to measure (the release build unless told otherwise).
     #[arg(long)]
     relay_binary: Option<std::path::PathBuf>,
@@ -66,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(binary) = &args.relay_binary {
         procs::set_relay_binary(binary.clone());
     }
+    if args.pinned {
+        procs::pin(0, 1)?;
+    }
     let clock = Clock(Instant::now());
     let capacity = (args.seconds as usize * 30_000)
         .max(args.rate as usize * args.seconds as usize * 2)
@@ -73,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("pre-signing {capacity} events…");
     let events = Arc::new(Events::new(capacity));
     let work = tempfile::tempdir()?;
+    if args.pinned {
+        return pinned::run(&args, &events, clock, &work).await;
+    }
     let mut report = Report::default();
 
     // 1. The ceiling: nginx answering 200 itself, and proxying to the mock.

@@ -69,6 +69,61 @@ async fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<
 }
 
 static RELAY_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The CPU servers under test are started on (pinned mode).
+static SERVER_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Pinned mode: this process (load generator and mocks) on `bench`, every
+/// server under test on `server`, nginx with one worker process.
+pub fn pin(bench: usize, server: usize) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &bench.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .context("taskset (util-linux) pins the benchmark")?;
+    anyhow::ensure!(
+        status.success(),
+        "taskset could not pin the benchmark to CPU {bench}"
+    );
+    let _ = SERVER_CPU.set(server);
+    Ok(())
+}
+
+/// `program`, started on the server CPU in pinned mode (taskset execs it,
+/// so the child's pid is the program's).
+fn server_command(program: &Path) -> Command {
+    match SERVER_CPU.get() {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// CPU seconds of every PostgreSQL server process (the database's share of
+/// an event, beside the relay's own).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let ticks: u64 = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(stat_ticks)
+        .sum();
+    ticks as f64 / ticks_per_second()
+}
 
 /// Measures another build (CI's smoke run uses the debug build it already has).
 pub fn set_relay_binary(path: PathBuf) {
@@ -92,7 +147,7 @@ pub fn relay_binary() -> anyhow::Result<PathBuf> {
 pub async fn start_relay(database_url: &str, accelerate: &str, log: &Path) -> anyhow::Result<Proc> {
     let addr = free_addr()?;
     let log = std::fs::File::create(log)?;
-    let mut command = Command::new(relay_binary()?);
+    let mut command = server_command(&relay_binary()?);
     command.env_clear();
     // RUST_LOG passes through, to measure what logging costs.
     if let Ok(level) = std::env::var("RUST_LOG") {
@@ -121,8 +176,9 @@ pub async fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Pro
         std::fs::create_dir_all(dir.join(sub))?;
     }
     let d = dir.display();
+    let workers = if SERVER_CPU.get().is_some() { 1 } else { 2 };
     let conf = format!(
-        "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
@@ -135,7 +191,7 @@ pub async fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Pro
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let child = Command::new("nginx")
+    let child = server_command(Path::new("nginx"))
         .arg("-p")
         .arg(dir)
         .arg("-c")

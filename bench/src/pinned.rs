@@ -1,0 +1,235 @@
+//! Pinned mode (`--pinned`): the load generator and the mocks on CPU 0, the
+//! server under test alone on CPU 1, as a relay pod with a 1-CPU limit has
+//! it. The ceiling (nginx `proxy_pass`, one worker) and the relay on each
+//! store run alternately, round after round, so the VM's drift hits them
+//! alike; the verdict is the median of the rounds, and CPU per event is
+//! reported beside the rates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::load::{closed_loop, open_loop, Clock, Events, Target};
+use crate::mock::Mock;
+use crate::procs::{postgres_cpu_seconds, settle_disk, start_nginx, start_relay};
+use crate::{create_pg_database, drop_pg_database, wait_arrived, Args, WEBHOOK};
+
+/// One server's phase in one round.
+#[derive(Clone, Copy)]
+struct Phase {
+    /// Requests answered 2xx (nginx) or events accepted (relay) per second.
+    rate: f64,
+    /// The server process's user + system CPU per request or event, all threads.
+    cpu_us: f64,
+    /// PostgreSQL's own CPU per event (the relay on PostgreSQL only).
+    db_cpu_us: Option<f64>,
+    /// p99 accept latency at `args.rate` events/s (the relays only).
+    p99_ms: Option<f64>,
+}
+
+pub async fn run(
+    args: &Args,
+    events: &Arc<Events>,
+    clock: Clock,
+    work: &tempfile::TempDir,
+) -> anyhow::Result<()> {
+    let mut rounds: Vec<[Option<Phase>; 3]> = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("round {round} of {}", args.rounds);
+        let ceiling = proxy_phase(args, events, clock, work, round).await?;
+        let sqlite_url = format!(
+            "sqlite://{}",
+            work.path().join(format!("pinned-{round}.db")).display()
+        );
+        let sqlite = relay_phase(args, events, clock, work, &sqlite_url, false).await?;
+        let postgres = if args.no_postgres {
+            None
+        } else {
+            match create_pg_database(&args.postgres).await {
+                Ok((url, name)) => {
+                    let phase = relay_phase(args, events, clock, work, &url, true).await;
+                    drop_pg_database(&args.postgres, &name).await;
+                    Some(phase?)
+                }
+                Err(e) => {
+                    eprintln!("!!! PostgreSQL not reachable ({e}): no PostgreSQL phase !!!");
+                    None
+                }
+            }
+        };
+        rounds.push([ceiling, Some(sqlite), postgres]);
+    }
+    print(args, &rounds);
+    Ok(())
+}
+
+async fn proxy_phase(
+    args: &Args,
+    events: &Arc<Events>,
+    clock: Clock,
+    work: &tempfile::TempDir,
+    round: usize,
+) -> anyhow::Result<Option<Phase>> {
+    if args.no_nginx {
+        return Ok(None);
+    }
+    let mock = Mock::start(events.bodies.len(), clock).await?;
+    let nginx = start_nginx(
+        &work.path().join(format!("nginx-pinned-{round}")),
+        mock.addr,
+    )
+    .await?;
+    let target = Target {
+        addr: nginx.addr,
+        path: "/proxy".into(),
+    };
+    let cpu0 = nginx.cpu_seconds();
+    let out = closed_loop(
+        &target,
+        events,
+        0..events.bodies.len(),
+        args.connections,
+        Duration::from_secs(args.seconds),
+        clock,
+    )
+    .await;
+    let cpu = nginx.cpu_seconds() - cpu0;
+    nginx.stop();
+    Ok(Some(Phase {
+        rate: out.ok as f64 / out.elapsed.as_secs_f64(),
+        cpu_us: cpu * 1e6 / out.ok.max(1) as f64,
+        db_cpu_us: None,
+        p99_ms: None,
+    }))
+}
+
+/// The fixed-rate phase (for p99), then full speed (for rate and CPU).
+async fn relay_phase(
+    args: &Args,
+    events: &Arc<Events>,
+    clock: Clock,
+    work: &tempfile::TempDir,
+    database_url: &str,
+    postgres: bool,
+) -> anyhow::Result<Phase> {
+    settle_disk();
+    let mock = Mock::start(events.bodies.len(), clock).await?;
+    let log = work.path().join(if postgres {
+        "pinned-pg.log"
+    } else {
+        "pinned-sqlite.log"
+    });
+    let relay = start_relay(database_url, &mock.url(), &log).await?;
+    let target = Target {
+        addr: relay.addr,
+        path: WEBHOOK.into(),
+    };
+    let seconds = Duration::from_secs(args.seconds);
+    let fixed = open_loop(
+        &target,
+        events,
+        0,
+        args.rate,
+        seconds,
+        args.connections,
+        clock,
+    )
+    .await;
+    wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
+
+    let (cpu0, db0) = (relay.cpu_seconds(), postgres_cpu_seconds());
+    let full = closed_loop(
+        &target,
+        events,
+        fixed.end..events.bodies.len(),
+        args.connections,
+        seconds,
+        clock,
+    )
+    .await;
+    // Each accepted event's delivery is part of its cost: wait for them all.
+    wait_arrived(&mock, full.first..full.end, full.accepted as usize).await;
+    let (cpu, db) = (relay.cpu_seconds() - cpu0, postgres_cpu_seconds() - db0);
+    relay.stop();
+    let per_event = |s: f64| s * 1e6 / full.accepted.max(1) as f64;
+    Ok(Phase {
+        rate: full.accepted as f64 / full.elapsed.as_secs_f64(),
+        cpu_us: per_event(cpu),
+        db_cpu_us: postgres.then(|| per_event(db)),
+        p99_ms: Some(fixed.percentile_ms(99.0)),
+    })
+}
+
+fn print(args: &Args, rounds: &[[Option<Phase>; 3]]) {
+    const NAMES: [&str; 3] = [
+        "nginx proxy_pass (1 worker)",
+        "relay, SQLite",
+        "relay, PostgreSQL",
+    ];
+    println!();
+    println!(
+        "## Pinned: load + mocks on CPU 0, server on CPU 1; {} rounds × {} s, {} connections, p99 at {}/s",
+        rounds.len(), args.seconds, args.connections, args.rate
+    );
+    println!();
+    println!("| round | server | req/s | × proxy_pass | CPU µs/event (server) | CPU µs/event (PostgreSQL) | p99 at {}/s |", args.rate);
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for (i, round) in rounds.iter().enumerate() {
+        for (name, phase) in NAMES.iter().zip(round) {
+            let Some(p) = phase else { continue };
+            let ratio = round[0].map(|c| p.rate / c.rate);
+            println!(
+                "| {} | {name} | {:.0} | {} | {:.0} | {} | {} |",
+                i + 1,
+                p.rate,
+                fmt(ratio, 2),
+                p.cpu_us,
+                fmt(p.db_cpu_us, 0),
+                fmt(p.p99_ms, 2)
+            );
+        }
+    }
+    for (s, name) in NAMES.iter().enumerate() {
+        let phases: Vec<Phase> = rounds.iter().filter_map(|r| r[s]).collect();
+        if phases.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| Some(r[s]?.rate / r[0]?.rate))
+            .collect();
+        println!(
+            "| median | {name} | {:.0} | {} | {:.0} | {} | {} |",
+            median(phases.iter().map(|p| p.rate)),
+            fmt((!ratios.is_empty()).then(|| median(ratios.into_iter())), 2),
+            median(phases.iter().map(|p| p.cpu_us)),
+            fmt(
+                phases[0]
+                    .db_cpu_us
+                    .map(|_| median(phases.iter().filter_map(|p| p.db_cpu_us))),
+                0
+            ),
+            fmt(
+                phases[0]
+                    .p99_ms
+                    .map(|_| median(phases.iter().filter_map(|p| p.p99_ms))),
+                2
+            ),
+        );
+    }
+    println!();
+    println!("× proxy_pass is each round's ratio to the ceiling of the same round; the median row takes the median of those ratios.");
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
+}
