@@ -411,6 +411,27 @@ async fn console_headers_cookie_and_listeners(backend: Backend) {
         .expect("answer");
     assert_eq!(off.status().as_u16(), 404);
     app.stop().await;
+
+    // With the token and no admin listener: on the webhook port.
+    let app = TestApp::spawn_with(backend, &[("RELAY_ADMIN_TOKEN", TOKEN)]).await;
+    let sign_in = |host: &'static str| {
+        let request = app.client.get(format!("{}/console/sign-in", app.address));
+        async move {
+            let answer = request.header("host", host).send().await.expect("answer");
+            assert_eq!(answer.status().as_u16(), 200);
+            answer.text().await.expect("the page")
+        }
+    };
+    let local = sign_in("127.0.0.1:8080").await;
+    assert!(!local.contains("plain HTTP"), "no warning on this machine");
+    // From elsewhere over plain HTTP, the Secure cookie would be dropped: said first.
+    let remote = sign_in("relay.example.com:8080").await;
+    assert!(
+        remote.contains("plain HTTP from relay.example.com:8080")
+            && remote.contains("RELAY_CONSOLE_SECURE_COOKIE=false"),
+        "{remote}"
+    );
+    app.stop().await;
 }
 
 on_both_stores!(

@@ -139,8 +139,34 @@ fn checked(
 async fn sign_in_form(req: HttpRequest, sessions: web::Data<Sessions>) -> HttpResponse {
     match sessions.read(&req, Timestamp::now()) {
         Some(_) => see_other("/console"),
-        None => html(StatusCode::OK, pages::sign_in(None)),
+        None => {
+            let warning = cookie_warning(&req, &sessions);
+            html(StatusCode::OK, pages::sign_in(None, warning.as_deref()))
+        }
     }
+}
+
+/// A `Secure` cookie over plain HTTP to anything but this machine is dropped
+/// by the browser, and the sign-in would seem to do nothing: say so first.
+fn cookie_warning(req: &HttpRequest, sessions: &Sessions) -> Option<String> {
+    let info = req.connection_info();
+    let host = info.host();
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    let local = name == "localhost" || name.starts_with("127.") || name == "[::1]";
+    (sessions.secure() && info.scheme() == "http" && !local).then(|| {
+        format!(
+            "This page came over plain HTTP from {host}, and the session cookie is Secure: \
+             the browser will not keep it. Reach the console over HTTPS, or through a tunnel \
+             to localhost; on a network you trust, RELAY_CONSOLE_SECURE_COOKIE=false allows \
+             plain HTTP."
+        )
+    })
 }
 
 async fn sign_in(
@@ -156,9 +182,11 @@ async fn sign_in(
             path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
             outcome = "refused", "console sign-in with a wrong admin token"
         );
-        let page = pages::sign_in(Some(
-            "That is not the admin token. Use the value of RELAY_ADMIN_TOKEN.",
-        ));
+        let warning = cookie_warning(&req, &sessions);
+        let page = pages::sign_in(
+            Some("That is not the admin token. Use the value of RELAY_ADMIN_TOKEN."),
+            warning.as_deref(),
+        );
         return html(StatusCode::UNAUTHORIZED, page);
     }
     let (session, cookie) = sessions.start(Timestamp::now());

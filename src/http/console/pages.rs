@@ -50,7 +50,8 @@ pub fn layout(title: &str, session: Option<&Session>, nav: Nav, body: Markup) ->
     }
 }
 
-pub fn sign_in(error: Option<&str>) -> Markup {
+/// `warning`: why the browser may not keep the session (see `cookie_warning`).
+pub fn sign_in(error: Option<&str>, warning: Option<&str>) -> Markup {
     layout(
         "Sign in",
         None,
@@ -59,6 +60,7 @@ pub fn sign_in(error: Option<&str>) -> Markup {
             section.sign-in {
                 h1 { "Sign in" }
                 @if let Some(error) = error { p.error role="alert" { (error) } }
+                @if let Some(warning) = warning { p.warning role="note" { (warning) } }
                 form method="post" action="/console/sign-in" {
                     label for="token" { "Admin token" }
                     input #token type="password" name="token" autocomplete="current-password" required autofocus;

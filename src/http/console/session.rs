@@ -77,6 +77,11 @@ impl Sessions {
         (expires.parse::<i64>().ok()? > now.0).then(|| self.session(nonce.to_owned()))
     }
 
+    /// Whether the cookie is marked `Secure` (HTTPS only, but for localhost).
+    pub fn secure(&self) -> bool {
+        self.secure
+    }
+
     /// The `Set-Cookie` value that removes the session from the browser.
     pub fn end(&self) -> String {
         self.cookie("", 0)
