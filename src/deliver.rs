@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::StatusCode;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::event::Environment;
@@ -53,6 +53,8 @@ pub struct Worker {
     /// The configuration's keys: stored deliveries name their Authorization
     /// key, and the value sent is looked up here.
     config: Arc<Config>,
+    /// First attempts handed over by the receive path (see `with_handoff`).
+    handed: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<Claimed>>>>,
 }
 
 impl Worker {
@@ -77,7 +79,16 @@ impl Worker {
             wake,
             metrics: None,
             config: Arc::new(config.clone()),
+            handed: None,
         })
+    }
+
+    /// Takes first attempts from the receive path in memory as well as
+    /// claiming due deliveries from the store. Behind a lock, so the worker a
+    /// supervisor restarts after a panic takes them over.
+    pub fn with_handoff(mut self, handed: mpsc::Receiver<Claimed>) -> Self {
+        self.handed = Some(Arc::new(tokio::sync::Mutex::new(handed)));
+        self
     }
 
     /// Counts every attempt in `metrics`.
@@ -110,6 +121,12 @@ impl Worker {
     pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) {
         let sending = Arc::new(Semaphore::new(self.concurrency));
         let outstanding = Arc::new(Semaphore::new(self.concurrency * 2));
+        let handed_room = Arc::new(Semaphore::new(self.concurrency * 2));
+        let from_memory = tokio::spawn(self.clone().take_handed(
+            Arc::clone(&handed_room),
+            Arc::clone(&sending),
+            stop.clone(),
+        ));
         let batch = (self.concurrency / 2).max(1);
         let mut backoff = Duration::from_millis(100);
         while !*stop.borrow() {
@@ -146,26 +163,7 @@ impl Worker {
                 let permit = Arc::clone(&outstanding)
                     .try_acquire_owned()
                     .expect("claims never exceed the room counted above");
-                let (worker, sending, stop) = (self.clone(), Arc::clone(&sending), stop.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let mut stopping = stop.clone();
-                    let slot = tokio::select! {
-                        slot = sending.acquire_owned() => slot.ok(),
-                        _ = stopping.wait_for(|stopped| *stopped) => None,
-                    };
-                    let Some(slot) = slot.filter(|_| !*stop.borrow()) else {
-                        // Claimed ahead but never started: give it back as it
-                        // was, so the attempt number counts attempts made.
-                        worker.release(&claim).await;
-                        return;
-                    };
-                    let (outcome, _, made) = worker.attempt_and_classify(&claim).await;
-                    drop(slot);
-                    if let Err(e) = worker.store.finish(&claim, outcome, made).await {
-                        tracing::error!(error = %e, delivery_id = %claim.id, "could not record a delivery attempt; its lease will expire and it will be tried again");
-                    }
-                });
+                self.start(claim, permit, Arc::clone(&sending), stop.clone());
             }
             if claimed_all {
                 continue;
@@ -177,13 +175,85 @@ impl Worker {
                 _ = stop.changed() => {}
             }
         }
+        let _ = from_memory.await;
         let all = u32::try_from(self.concurrency * 2).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, outstanding.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let finished = async {
+            let _ = outstanding.acquire_many(all).await;
+            let _ = handed_room.acquire_many(all).await;
+        };
+        if tokio::time::timeout(grace, finished).await.is_err() {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "delivery attempts still in flight at shutdown; they will be made again after restart");
         }
+    }
+
+    /// Starts the attempts the receive path hands over in memory (events it
+    /// inserted already claimed), each holding a place in `room`. On stop,
+    /// what was handed over and not started is given back like any claim.
+    async fn take_handed(
+        self,
+        room: Arc<Semaphore>,
+        sending: Arc<Semaphore>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(handed) = self.handed.clone() else {
+            return;
+        };
+        let mut handed = handed.lock().await;
+        loop {
+            let claim = tokio::select! {
+                claim = handed.recv() => claim,
+                _ = stop.wait_for(|stopped| *stopped) => None,
+            };
+            let Some(claim) = claim else { break };
+            let permit = tokio::select! {
+                permit = Arc::clone(&room).acquire_owned() => permit.ok(),
+                _ = stop.wait_for(|stopped| *stopped) => None,
+            };
+            match permit {
+                Some(permit) => self.start(claim, permit, Arc::clone(&sending), stop.clone()),
+                None => {
+                    self.release(&claim).await;
+                    break;
+                }
+            }
+        }
+        // No more hand-overs (the receive path's events go to the poller
+        // instead); what is queued is given back.
+        handed.close();
+        while let Some(claim) = handed.recv().await {
+            self.release(&claim).await;
+        }
+    }
+
+    /// One claimed delivery's attempt, on a task of its own: it waits for a
+    /// sending slot, attempts, frees the slot, records the outcome.
+    fn start(
+        &self,
+        claim: Claimed,
+        permit: OwnedSemaphorePermit,
+        sending: Arc<Semaphore>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stopping = stop.clone();
+            let slot = tokio::select! {
+                slot = sending.acquire_owned() => slot.ok(),
+                _ = stopping.wait_for(|stopped| *stopped) => None,
+            };
+            let Some(slot) = slot.filter(|_| !*stop.borrow()) else {
+                // Claimed ahead but never started: give it back as it
+                // was, so the attempt number counts attempts made.
+                worker.release(&claim).await;
+                return;
+            };
+            let (outcome, _, made) = worker.attempt_and_classify(&claim).await;
+            drop(slot);
+            if let Err(e) = worker.store.finish(&claim, outcome, made).await {
+                tracing::error!(error = %e, delivery_id = %claim.id, "could not record a delivery attempt; its lease will expire and it will be tried again");
+            }
+        });
     }
 
     async fn release(&self, claim: &Claimed) {

@@ -108,8 +108,11 @@ impl Application {
         let wake = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
         let health = Health::default();
+        // Room for a round of attempts: beyond it, events go to the poller.
+        let (handoff, handed) = tokio::sync::mpsc::channel(config.delivery_concurrency);
         let worker = Worker::new(&config, store.clone(), Arc::clone(&wake))?
-            .with_metrics(Arc::clone(&metrics));
+            .with_metrics(Arc::clone(&metrics))
+            .with_handoff(handed);
         tokio::spawn({
             let (metrics, mut stopped) = (Arc::clone(&metrics), stopped.clone());
             async move {
@@ -136,6 +139,7 @@ impl Application {
             health: health.clone(),
             metrics,
             wake,
+            handoff,
         };
         let (server, admin_server) =
             http::servers(listener, admin_listener, state).map_err(StartError::Server)?;

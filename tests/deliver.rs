@@ -553,7 +553,59 @@ async fn rows_from_before_key_references_are_converted_at_start(backend: Backend
     app.stop().await;
 }
 
+/// The accepting relay inserts an event already claimed for its first attempt
+/// and hands it to its worker in memory: delivered as attempt 1 with no claim
+/// statement (the store refuses every claim here), byte for byte.
+async fn an_accepted_event_goes_out_from_memory_without_a_claim(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.db.refuse_claims().await;
+    let body = approved_event("evt_from_memory");
+    let (status, _) = app.send_json("sandbox", body.clone()).await;
+    assert_eq!(status, 200);
+    assert!(
+        app.reaches_status("evt_from_memory", "delivered", WAIT)
+            .await,
+        "delivered without a claim"
+    );
+    let received = app.sandbox.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body.as_ref(), body.as_slice());
+    assert_eq!(received[0].header_str("x-relay-attempt"), Some("1"));
+    assert_eq!(received[0].header_str("authorization"), Some(SANDBOX_AUTH));
+    app.stop().await;
+}
+
+/// When the worker's queue is full, events are committed due and the poller
+/// claims them: every event is still delivered exactly once, as attempt 1.
+async fn events_beyond_the_workers_queue_are_claimed_from_the_store(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_DELIVERY_CONCURRENCY", "1")]).await;
+    app.sandbox
+        .set_default(Reply::Slow(Duration::from_millis(100), 200));
+    let ids: Vec<String> = (0..20).map(|i| format!("evt_queue_{i}")).collect();
+    let sends = ids
+        .iter()
+        .map(|id| app.send_json("sandbox", approved_event(id)));
+    for (status, _) in futures_util::future::join_all(sends).await {
+        assert_eq!(status, 200);
+    }
+    app.sandbox.wait_for(20, Duration::from_secs(20)).await;
+    // A second delivery of any of them would arrive within this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = app.sandbox.received();
+    let mut seen: Vec<String> = received.iter().map(|r| r.event_id()).collect();
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "each event once");
+    assert!(received
+        .iter()
+        .all(|r| r.header_str("x-relay-attempt") == Some("1")));
+    app.stop().await;
+}
+
 on_both_stores!(
+    an_accepted_event_goes_out_from_memory_without_a_claim,
+    events_beyond_the_workers_queue_are_claimed_from_the_store,
     the_store_names_the_key_and_never_holds_it,
     a_key_removed_while_its_event_waited_is_replaced_by_the_first,
     rows_from_before_key_references_are_converted_at_start,

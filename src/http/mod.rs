@@ -30,6 +30,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Tells the delivery worker that an event was just committed.
     pub wake: Arc<Notify>,
+    /// Hands the delivery worker the first attempt of an event just committed
+    /// (inserted already claimed), so it is not read back from the store.
+    pub handoff: tokio::sync::mpsc::Sender<crate::store::Claimed>,
 }
 
 /// Headers (request line and headers) must arrive within this; slow clients are cut off.

@@ -497,6 +497,29 @@ pub struct NewEvent {
     pub body: Bytes,
     pub headers: ForwardHeaders,
     pub received_at: Timestamp,
+    /// Set when the accepting process delivers the event itself from memory:
+    /// the row is inserted already claimed (attempt 1, leased until then), so
+    /// no claim statement and no read of the body are needed for the first
+    /// attempt. If that process dies, the lease runs out and the polling
+    /// claim takes the row, as for any attempt cut short.
+    pub leased_until: Option<Timestamp>,
+}
+
+impl NewEvent {
+    /// The claim of the first attempt of this event when it is inserted
+    /// leased (`leased_until`) as delivery `id`.
+    pub fn first_claim(&self, id: DeliveryId) -> Claimed {
+        Claimed {
+            id,
+            environment: self.environment,
+            event_id: self.event_id.as_str().to_owned(),
+            body: self.body.clone(),
+            headers: self.headers.clone(),
+            attempt: 1,
+            schedule_attempt: 1,
+            received_at: self.received_at,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,10 +38,13 @@ const GROUPS_IN_FLIGHT: usize = 4;
 
 /// Inserts a group of events in one statement (one commit, one WAL flush).
 /// Rows that collide with a stored event are skipped; what is inserted comes back.
+/// `l` is the lease end of an event inserted already claimed (see `NewEvent`).
 const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
-     (environment, event_id, event_type, accelerate_token, body, headers, next_attempt_at, received_at) \
-     SELECT e, i, t, k, b, h, r, r FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-     $5::bytea[], $6::bytea[], $7::int8[]) AS u(e, i, t, k, b, h, r) \
+     (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
+     leased_until, next_attempt_at, attempts) \
+     SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::bytea[], $6::bytea[], $7::int8[], $8::int8[]) AS u(e, i, t, k, b, h, r, l) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
 
 /// Records a group of outcomes and their attempts in one statement (one
@@ -463,6 +466,12 @@ async fn insert_events(
                 .collect::<Vec<Vec<u8>>>(),
         )
         .bind(events.iter().map(|e| e.received_at.0).collect::<Vec<i64>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.leased_until.map(|t| t.0))
+                .collect::<Vec<Option<i64>>>(),
+        )
         .fetch_all(pool);
     let mut ids: HashMap<(String, String), i64> = bounded(timeout, insert)
         .await?

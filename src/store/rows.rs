@@ -10,9 +10,13 @@ use super::{
 };
 use crate::event::{redact, Environment};
 
+/// `$7` received, `$8` the lease end of an event inserted already claimed
+/// (NULL: due now, for the polling claim). The parameters first appear in
+/// order, as SQLite numbers them by appearance.
 pub const ACCEPT: &str = "INSERT INTO deliveries \
-     (environment, event_id, event_type, accelerate_token, body, headers, next_attempt_at, received_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+     (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
+     leased_until, next_attempt_at, attempts) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
 
 /// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many.
@@ -182,6 +186,12 @@ pub enum Value<'a> {
     Null,
     /// A NULL where text stands (PostgreSQL needs to know which).
     NullText,
+}
+
+impl From<Option<i64>> for Value<'_> {
+    fn from(number: Option<i64>) -> Self {
+        number.map_or(Value::Null, Value::Int)
+    }
 }
 
 impl<'a> From<Option<&'a str>> for Value<'a> {

@@ -720,6 +720,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
                     Value::Blob(event.body.as_ref()),
                     Value::Blob(&event.headers.encode()),
                     Value::Int(event.received_at.0),
+                    event.leased_until.map(|t| t.0).into(),
                 ],
             )?;
             let mut inserted = stmt.raw_query();

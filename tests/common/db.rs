@@ -127,6 +127,21 @@ impl TestDb {
         }
     }
 
+    /// Makes every claim fail: a claim is the one write that counts an
+    /// attempt (`attempts = attempts + 1`); inserts and outcomes do not.
+    pub async fn refuse_claims(&self) {
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute_sqlite("CREATE TRIGGER refuse_claims BEFORE UPDATE OF attempts ON deliveries BEGIN SELECT RAISE(ABORT, 'claims refused by the test'); END")
+                    .await
+            }
+            Backend::Postgres => {
+                self.execute_postgres("CREATE FUNCTION refuse_claims() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'claims refused by the test'; END $$ LANGUAGE plpgsql").await;
+                self.execute_postgres("CREATE TRIGGER refuse_claims BEFORE UPDATE OF attempts ON deliveries FOR EACH ROW EXECUTE FUNCTION refuse_claims()").await;
+            }
+        }
+    }
+
     pub async fn allow_inserts(&self) {
         match self.backend {
             Backend::Sqlite => self.execute_sqlite("DROP TRIGGER refuse").await,
