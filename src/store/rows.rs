@@ -216,11 +216,16 @@ pub const RETRY_DEAD: &str = "UPDATE deliveries SET status = 'pending', next_att
      AND ($2 IS NULL OR environment = $2)";
 
 /// Bounded, so one purge never holds the writer for long. The attempts go
-/// first, then their deliveries: both pick the same oldest ids.
+/// first, then their deliveries: both pick the same oldest rows, in the
+/// order of `deliveries_delivered`. (Ordered by id, SQLite scanned the whole
+/// table to find nothing to purge: a one-second stall of every webhook with
+/// a million rows stored, seen in the benchmark.)
 pub const PURGE_ATTEMPTS: &str = "DELETE FROM attempts WHERE delivery_id IN \
-     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 ORDER BY id LIMIT $2)";
+     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 \
+     ORDER BY received_at LIMIT $2)";
 pub const PURGE_DELIVERED: &str = "DELETE FROM deliveries WHERE id IN \
-     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 ORDER BY id LIMIT $2)";
+     (SELECT id FROM deliveries WHERE status = 'delivered' AND received_at < $1 \
+     ORDER BY received_at LIMIT $2)";
 
 /// A leased delivery counts as due when its lease runs out.
 pub const NEXT_DUE: &str =
