@@ -603,7 +603,55 @@ async fn events_beyond_the_workers_queue_are_claimed_from_the_store(backend: Bac
     app.stop().await;
 }
 
+/// The attempt that delivers is kept in the delivery row, not as a row of
+/// `attempts`; the history shows it after the attempts that failed.
+async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.send("sandbox", approved_event("evt_first_try")).await;
+    assert!(app.reaches_status("evt_first_try", "delivered", WAIT).await);
+    assert_eq!(
+        app.db.count_rows("attempts").await,
+        0,
+        "no attempts row for a first-try delivery"
+    );
+    app.sandbox.script([Reply::Status(500), Reply::Status(502)]);
+    app.send("sandbox", approved_event("evt_third_try")).await;
+    assert!(app.reaches_status("evt_third_try", "delivered", WAIT).await);
+    assert_eq!(app.db.count_rows("attempts").await, 2, "the two failures");
+    for (id, expected) in [
+        ("evt_first_try", vec![(1, Some(200), "delivered")]),
+        (
+            "evt_third_try",
+            vec![
+                (1, Some(500), "http_5xx"),
+                (2, Some(502), "http_5xx"),
+                (3, Some(200), "delivered"),
+            ],
+        ),
+    ] {
+        let listed = app
+            .store
+            .list(&accelerate_relay::store::ListFilter::parse([("event_id", id)]).expect("filter"))
+            .await
+            .expect("list");
+        let detail = app
+            .store
+            .detail(listed[0].id.parse().expect("id"))
+            .await
+            .expect("detail")
+            .expect("found");
+        let history: Vec<(u32, Option<u16>, &str)> = detail
+            .attempt_history
+            .iter()
+            .map(|a| (a.attempt, a.http_status, a.outcome.as_str()))
+            .collect();
+        assert_eq!(history, expected, "{id}");
+    }
+    app.stop().await;
+}
+
 on_both_stores!(
+    the_delivering_attempt_is_in_the_history_without_a_row_of_its_own,
     an_accepted_event_goes_out_from_memory_without_a_claim,
     events_beyond_the_workers_queue_are_claimed_from_the_store,
     the_store_names_the_key_and_never_holds_it,

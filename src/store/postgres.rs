@@ -61,8 +61,15 @@ static FINISH_GROUP: LazyLock<String> = LazyLock::new(|| {
          AND deliveries.status = 'pending' AND deliveries.leased_until IS NOT NULL) \
          INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, outcome, message) \
          SELECT u.id, u.attempt, u.started_at, u.duration_ms, u.attempt_status, u.kind, u.message \
-         FROM u WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id) ON CONFLICT DO NOTHING",
-        rows::finish_set("u.status", "u.at", "u.http_status", "u.error")
+         FROM u WHERE u.kind <> 'delivered' AND EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id) \
+         ON CONFLICT DO NOTHING",
+        rows::finish_set(
+            "u.status",
+            "u.at",
+            "u.http_status",
+            "u.error",
+            ["u.attempt", "u.started_at", "u.duration_ms"]
+        )
     )
 });
 

@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 
 use super::{
-    AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, ForwardHeaders, ListFilter, Outcome,
-    StoreError, Timestamp,
+    AttemptKind, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, ForwardHeaders,
+    ListFilter, Outcome, StoreError, Timestamp,
 };
 use crate::event::{redact, Environment};
 
@@ -47,12 +47,26 @@ fn claim_text(lock: &str) -> String {
 
 /// The columns an outcome sets. The arguments name where the new status, time,
 /// Accelerate's status and the error come from.
-pub fn finish_set(status: &str, at: &str, http_status: &str, error: &str) -> String {
+/// The attempt that delivers is kept in the row (`delivered_*`), not in
+/// `attempts`: `attempt`, `started` and `took` name where it comes from.
+pub fn finish_set(
+    status: &str,
+    at: &str,
+    http_status: &str,
+    error: &str,
+    [attempt, started, took]: [&str; 3],
+) -> String {
+    let delivered = |column: &str, value: &str| {
+        format!("{column} = CASE WHEN {status} = 'delivered' THEN {value} ELSE {column} END")
+    };
     format!(
-        "status = {status}, \
+        "{}, {}, {}, status = {status}, \
          next_attempt_at = CASE WHEN {status} = 'pending' THEN {at} ELSE next_attempt_at END, \
          delivered_at = CASE WHEN {status} = 'delivered' THEN {at} ELSE delivered_at END, \
-         last_status = COALESCE({http_status}, last_status), last_error = {error}, leased_until = NULL"
+         last_status = COALESCE({http_status}, last_status), last_error = {error}, leased_until = NULL",
+        delivered("delivered_attempt", attempt),
+        delivered("delivered_started_at", started),
+        delivered("delivered_duration_ms", took),
     )
 }
 
@@ -66,7 +80,7 @@ pub fn finish_one_sql() -> &'static str {
         format!(
             "UPDATE deliveries SET {} WHERE id = $1 AND attempts = $2 AND status = 'pending' \
              AND leased_until IS NOT NULL",
-            finish_set("$3", "$4", "$5", "$6")
+            finish_set("$3", "$4", "$5", "$6", ["$2", "$7", "$8"])
         )
     });
     &SQL
@@ -94,9 +108,16 @@ pub const RECORD_ATTEMPT: &str = "INSERT INTO attempts \
      (delivery_id, attempt, started_at, duration_ms, http_status, outcome, message) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
 
+/// The attempts that did not deliver, and the one that did (kept in the
+/// delivery row since 0006; before, it had a row of `attempts` too).
 pub const ATTEMPTS: &str =
     "SELECT attempt, started_at, duration_ms, http_status, outcome, message \
-     FROM attempts WHERE delivery_id = $1 ORDER BY attempt";
+     FROM attempts WHERE delivery_id = $1 \
+     UNION ALL SELECT d.delivered_attempt, d.delivered_started_at, d.delivered_duration_ms, \
+     d.last_status, 'delivered', NULL FROM deliveries d WHERE d.id = $1 \
+     AND d.delivered_attempt IS NOT NULL AND NOT EXISTS \
+     (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id AND a.attempt = d.delivered_attempt) \
+     ORDER BY 1";
 
 /// Per environment: pending count and oldest, dead count.
 pub const GAUGES: &str = "SELECT environment, \
@@ -163,7 +184,7 @@ impl FinishRow {
     }
 
     /// The `$N` values of `finish_one_sql`.
-    pub fn values(&self) -> [Value<'_>; 6] {
+    pub fn values(&self) -> [Value<'_>; 8] {
         let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
         [
             Value::Int(self.id),
@@ -172,7 +193,15 @@ impl FinishRow {
             int(self.at),
             int(self.http_status),
             self.error.as_deref().into(),
+            Value::Int(self.started_at),
+            Value::Int(self.duration_ms),
         ]
+    }
+
+    /// Only attempts that did not deliver get a row of `attempts`; the one
+    /// that delivered is kept in the delivery row by the outcome itself.
+    pub fn needs_attempt_row(&self) -> bool {
+        self.kind != AttemptKind::Delivered.as_str()
     }
 }
 

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_attempts.sql"),
     include_str!("../../migrations/sqlite/0004_delivered_by_environment.sql"),
     include_str!("../../migrations/sqlite/0005_authorization_key_refs.sql"),
+    include_str!("../../migrations/sqlite/0006_delivered_attempt_in_row.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -760,7 +761,9 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
         }
         Op::Finish(row, _) => {
             execute(conn, rows::finish_one_sql(), &row.values())?;
-            execute(conn, rows::RECORD_ATTEMPT, &row.attempt_values())?;
+            if row.needs_attempt_row() {
+                execute(conn, rows::RECORD_ATTEMPT, &row.attempt_values())?;
+            }
             Done::Finished
         }
         Op::Release {

@@ -83,7 +83,12 @@ impl TestDb {
     }
 
     pub async fn count(&self) -> i64 {
-        let sql = "SELECT COUNT(*) FROM deliveries";
+        self.count_rows("deliveries").await
+    }
+
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let sql = sql.as_str();
         match self.backend {
             Backend::Sqlite => self
                 .sqlite()
