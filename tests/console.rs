@@ -176,6 +176,27 @@ async fn overview_counts_real_traffic_and_the_token_filter_finds_the_event(backe
         !token.contains("console_a2"),
         "the token is redacted: {token}"
     );
+
+    // Pages, newest first: two a page here, then "Older" from where it ended.
+    browser
+        .goto(&format!(
+            "{}/deliveries?status=delivered&limit=2",
+            console(&app)
+        ))
+        .await;
+    let first = browser.texts("td.event-id").await;
+    assert_eq!(first, vec!["evt_console_p1", "evt_console_a3"]);
+    browser.click("a.older").await;
+    assert_eq!(
+        browser.texts("td.event-id").await,
+        vec!["evt_console_a2", "evt_console_a1"]
+    );
+    let kept = browser
+        .client
+        .execute("return document.querySelector('#status').value", vec![])
+        .await
+        .expect("the form's status");
+    assert_eq!(kept, serde_json::json!("delivered"), "the filter is kept");
     browser.close().await;
     app.stop().await;
 }
