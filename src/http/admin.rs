@@ -82,6 +82,48 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
     Err(AdminError::Unauthorized)
 }
 
+/// A manual retry as the admin API and the console make it: the delivery
+/// pending and due now, the worker woken, an audit line. `false`: no such delivery.
+pub(super) async fn retry_now(
+    req: &HttpRequest,
+    state: &AppState,
+    action: &'static str,
+    id: DeliveryId,
+) -> Result<bool, StoreError> {
+    let found = state.store.retry(id, Timestamp::now()).await?;
+    if found {
+        state.wake.notify_one();
+    }
+    let result = if found {
+        "pending, due now"
+    } else {
+        "not found"
+    };
+    audit(req, action, &id.to_string(), result);
+    Ok(found)
+}
+
+/// Every dead delivery (of `environment`, or of both) retried as `retry_now` does one.
+pub(super) async fn retry_dead_now(
+    req: &HttpRequest,
+    state: &AppState,
+    action: &'static str,
+    environment: Option<Environment>,
+) -> Result<u64, StoreError> {
+    let retried = state
+        .store
+        .retry_dead(Timestamp::now(), environment)
+        .await?;
+    state.wake.notify_one();
+    audit(
+        req,
+        action,
+        environment.map_or("all environments", Environment::as_str),
+        &format!("{retried} pending, due now"),
+    );
+    Ok(retried)
+}
+
 /// One line per admin request that got past the token, for the audit trail.
 pub(super) fn audit(req: &HttpRequest, action: &'static str, target: &str, result: &str) {
     tracing::info!(
@@ -133,12 +175,9 @@ async fn retry(
 ) -> Result<HttpResponse, AdminError> {
     authorize(&req, &state)?;
     let id = delivery_id(&id)?;
-    if !state.store.retry(id, Timestamp::now()).await? {
-        audit(&req, "retry", &id.to_string(), "not found");
+    if !retry_now(&req, &state, "retry", id).await? {
         return Err(AdminError::NotFound(id.to_string()));
     }
-    state.wake.notify_one();
-    audit(&req, "retry", &id.to_string(), "pending, due now");
     match state.store.get(id).await? {
         Some(delivery) => Ok(HttpResponse::Accepted().json(delivery)),
         // Purged between the retry and now: it was delivered meanwhile.
@@ -156,17 +195,7 @@ async fn retry_dead(
         Some(e) => Some(parse::<Environment>("environment", e)?),
         None => None,
     };
-    let retried = state
-        .store
-        .retry_dead(Timestamp::now(), environment)
-        .await?;
-    state.wake.notify_one();
-    audit(
-        &req,
-        "retry-dead",
-        environment.map_or("all environments", Environment::as_str),
-        &format!("{retried} pending, due now"),
-    );
+    let retried = retry_dead_now(&req, &state, "retry-dead", environment).await?;
     Ok(HttpResponse::Ok().json(json!({ "retried": retried })))
 }
 

@@ -18,7 +18,7 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use maud::Markup;
 
-use super::admin::audit;
+use super::admin::{audit, retry_dead_now, retry_now};
 use super::AppState;
 use crate::config::Config;
 use crate::event::Environment;
@@ -336,12 +336,9 @@ async fn retry(
 ) -> Result<HttpResponse, ConsoleError> {
     checked(&req, &sessions, &form)?;
     let id = delivery_id(&id)?;
-    if !state.store.retry(id, Timestamp::now()).await? {
-        audit(&req, "console-retry", &id.to_string(), "not found");
+    if !retry_now(&req, &state, "console-retry", id).await? {
         return Err(missing(id));
     }
-    state.wake.notify_one();
-    audit(&req, "console-retry", &id.to_string(), "pending, due now");
     Ok(see_other(&format!(
         "/console/deliveries/{id}?notice=retried"
     )))
@@ -377,17 +374,7 @@ async fn retry_dead(
 ) -> Result<HttpResponse, ConsoleError> {
     checked(&req, &sessions, &form)?;
     let environment = environment(&form)?;
-    let retried = state
-        .store
-        .retry_dead(Timestamp::now(), environment)
-        .await?;
-    state.wake.notify_one();
-    audit(
-        &req,
-        "console-retry-dead",
-        environment.map_or("all environments", Environment::as_str),
-        &format!("{retried} pending, due now"),
-    );
+    let retried = retry_dead_now(&req, &state, "console-retry-dead", environment).await?;
     Ok(see_other(&format!(
         "/console/deliveries?status=pending&notice=retried-dead&retried={retried}"
     )))
