@@ -135,7 +135,8 @@ impl Store {
     }
 
     /// Replaces the Authorization values that rows from before key references
-    /// still hold (migration 0005) with `key_ref` of them, page by page; each
+    /// still hold (migration 0005) with references to the configured keys
+    /// (`credentials` of the row's environment), page by page; each
     /// row is rewritten only if unchanged since it was read, so it is safe
     /// beside other replicas and after a crash halfway. Rows of an
     /// environment without keys now are left, and the conversion runs again
