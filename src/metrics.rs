@@ -47,25 +47,6 @@ pub const RESULTS: [&str; 16] = [
     "other",
 ];
 
-/// Where "accepted" is in `RESULTS`.
-const ACCEPTED: usize = 0;
-const _: () = assert!(same(RESULTS[ACCEPTED], "accepted"));
-
-const fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
 /// `environment` labels of the receive path: a request may name none.
 const WEBHOOK_ENVIRONMENTS: [&str; 3] = ["sandbox", "production", "none"];
 
@@ -200,7 +181,7 @@ impl Metrics {
             .unwrap_or(RESULTS.len() - 1);
         self.webhooks[env * RESULTS.len() + result].increment(1);
         self.webhook_duration.record(took.as_secs_f64());
-        if let (Some(environment), ACCEPTED) = (environment, result) {
+        if let (Some(environment), "accepted") = (environment, RESULTS[result]) {
             self.activity.accepted(environment, Timestamp::now());
         }
     }
