@@ -111,14 +111,17 @@ impl Browser {
             .to_owned()
     }
 
-    pub async fn text(&self, css: &str) -> String {
+    /// The first element `css` selects; a test that expects it fails without.
+    pub async fn element(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-            .text()
-            .await
-            .expect("the element's text")
+    }
+
+    pub async fn text(&self, css: &str) -> String {
+        let element = self.element(css).await;
+        element.text().await.expect("the element's text")
     }
 
     pub async fn texts(&self, css: &str) -> Vec<String> {
@@ -140,11 +143,7 @@ impl Browser {
     }
 
     pub async fn fill(&self, css: &str, value: &str) {
-        let field = self
-            .client
-            .find(Locator::Css(css))
-            .await
-            .expect("the field");
+        let field = self.element(css).await;
         field.clear().await.expect("cleared");
         field.send_keys(value).await.expect("typed");
     }
@@ -157,13 +156,7 @@ impl Browser {
             .execute(mark, vec![])
             .await
             .expect("the page is marked");
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}` to click: {e}"))
-            .click()
-            .await
-            .expect("clicked");
+        self.element(css).await.click().await.expect("clicked");
         let loaded =
             "return window.relayTestPage === undefined && document.readyState === 'complete'";
         for _ in 0..300 {
