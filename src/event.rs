@@ -269,18 +269,30 @@ const MAX_NUMBER_LEN: usize = 100;
 /// serde_json skips the parts of the body the relay does not read without
 /// looking inside them, so a body 10,000 levels deep or with a 10,000-digit
 /// number would pass and reach Accelerate. This one pass bounds both; serde
-/// still decides whether the JSON is valid.
+/// still decides whether the JSON is valid. Strings, most of an event's bytes,
+/// are jumped over with `memchr` rather than read a byte at a time.
 fn check_limits(body: &[u8]) -> Result<(), EventError> {
     let (mut depth, mut number_len) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in body {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        at += 1;
+        if byte == b'"' {
+            // To the closing quote; the byte after a backslash never closes.
+            loop {
+                let Some(rest) = body.get(at..) else {
+                    return Ok(());
+                };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(i) if rest[i] == b'\\' => at += i + 2,
+                    Some(i) => {
+                        at += i + 1;
+                        break;
+                    }
+                    // Unterminated: serde refuses it.
+                    None => return Ok(()),
+                }
             }
+            number_len = 0;
             continue;
         }
         number_len = match byte {
@@ -291,7 +303,6 @@ fn check_limits(body: &[u8]) -> Result<(), EventError> {
             return Err(EventError::NumberTooLong);
         }
         match byte {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -316,7 +327,76 @@ fn bounded(value: &str, field: &'static str) -> Result<String, EventError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The byte-at-a-time pass `check_limits` replaced, kept as its reference.
+    fn check_limits_bytewise(body: &[u8]) -> Result<(), EventError> {
+        let (mut depth, mut number_len) = (0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &byte in body {
+            if in_string {
+                match (escaped, byte) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            number_len = match byte {
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => number_len + 1,
+                _ => 0,
+            };
+            if number_len > MAX_NUMBER_LEN {
+                return Err(EventError::NumberTooLong);
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(EventError::TooDeep);
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn verdict(result: Result<(), EventError>) -> Option<&'static str> {
+        result.err().map(|e| match e {
+            EventError::TooDeep => "deep",
+            EventError::NumberTooLong => "number",
+            _ => "other",
+        })
+    }
+
+    proptest! {
+        /// Bodies built from the bytes that matter (quotes, escapes, brackets,
+        /// digits) at lengths around the limits.
+        #[test]
+        fn check_limits_agrees_with_the_bytewise_pass(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("\"".to_owned()), Just("\\".to_owned()), Just("[".to_owned()),
+                    Just("{".to_owned()), Just("]".to_owned()), Just("}".to_owned()),
+                    Just("9".repeat(40)), Just("e-".to_owned()), Just("a".to_owned()),
+                    Just("[".repeat(30)),
+                ],
+                0..200,
+            )
+        ) {
+            let body = parts.concat();
+            prop_assert_eq!(
+                verdict(check_limits(body.as_bytes())),
+                verdict(check_limits_bytewise(body.as_bytes()))
+            );
+        }
+    }
 
     #[test]
     fn reads_token_through_escapes_and_odd_layout() {
