@@ -7,8 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
-use reqwest::StatusCode;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT};
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
@@ -38,12 +43,24 @@ pub enum Step {
     Empty,
 }
 
+/// HTTP/1.1 to Accelerate, over TLS (Mozilla's roots, built in) or plain
+/// HTTP, with idle connections kept per host. hyper's client without
+/// reqwest's layers above it: those (redirect bookkeeping even with
+/// redirects off, a URL parsed again from every answer) were 38% of an
+/// attempt's instructions (bench/README.md).
+type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why the HTTP client for Accelerate could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS set-up: {0}")]
+pub struct ClientError(#[from] rustls::Error);
+
 #[derive(Clone)]
 pub struct Worker {
     store: Store,
-    client: reqwest::Client,
-    sandbox_url: reqwest::Url,
-    production_url: reqwest::Url,
+    client: Client,
+    sandbox_url: Uri,
+    production_url: Uri,
     timeout: Duration,
     schedule: RetrySchedule,
     lease: Duration,
@@ -60,18 +77,12 @@ pub struct Worker {
 impl Worker {
     /// `wake` is notified by the receive path after each commit, so a new event
     /// goes out at once instead of at the next poll.
-    pub fn new(config: &Config, store: Store, wake: Arc<Notify>) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT_VALUE)
-            .pool_max_idle_per_host(config.delivery_concurrency)
-            .connect_timeout(config.delivery_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+    pub fn new(config: &Config, store: Store, wake: Arc<Notify>) -> Result<Self, ClientError> {
         Ok(Self {
             store,
-            client,
-            sandbox_url: config.sandbox_url.clone(),
-            production_url: config.production_url.clone(),
+            client: client(config)?,
+            sandbox_url: uri(&config.sandbox_url),
+            production_url: uri(&config.production_url),
             timeout: config.delivery_timeout,
             schedule: config.retry_schedule.clone(),
             lease: config.lease,
@@ -337,11 +348,7 @@ impl Worker {
             Environment::Sandbox => &self.sandbox_url,
             Environment::Production => &self.production_url,
         };
-        let mut request = self
-            .client
-            .post(url.clone())
-            .timeout(self.timeout)
-            .body(claim.body.clone());
+        let mut request = http::Request::post(url.clone());
         for (name, value) in claim.headers.iter() {
             let value = match value {
                 Forward::Bytes(value) => value.as_ref(),
@@ -359,37 +366,79 @@ impl Worker {
         }
         let request = request
             .header(USER_AGENT, USER_AGENT_VALUE)
+            .header(CONTENT_LENGTH, claim.body.len())
             .header("x-relay-delivery-id", claim.id.to_string())
-            .header("x-relay-attempt", claim.attempt.to_string());
-
-        let mut response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return Answer::failed(e, self.timeout),
+            .header("x-relay-attempt", claim.attempt.to_string())
+            .body(Full::new(claim.body.clone()));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return Answer::other(format!("request not built: {e}")),
         };
-        let status = response.status();
-        let retry_after = matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        )
-        .then(|| response.headers().get(RETRY_AFTER))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Read (a bounded part of) the answer so the connection can be reused.
-        let mut read = 0;
-        while read < MAX_ANSWER_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                _ => break,
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            let retry_after = matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            )
+            .then(|| response.headers().get(RETRY_AFTER))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            // Read (a bounded part of) the answer so the connection can be reused.
+            let mut body = response.into_body();
+            let mut read = 0;
+            while read < MAX_ANSWER_BYTES {
+                match body.frame().await {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                    _ => break,
+                }
             }
-        }
-        Answer {
-            status: Some(status.as_u16()),
-            kind: AttemptKind::of_status(status.as_u16()),
-            error: (!status.is_success()).then(|| format!("Accelerate answered {status}")),
-            retry_after,
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((status, retry_after))) => Answer {
+                status: Some(status.as_u16()),
+                kind: AttemptKind::of_status(status.as_u16()),
+                error: (!status.is_success()).then(|| format!("Accelerate answered {status}")),
+                retry_after,
+            },
+            Ok(Err(e)) => Answer::failed(&e),
+            Err(_) => Answer {
+                status: None,
+                kind: AttemptKind::Timeout,
+                error: Some(format!("no answer within {} ms", self.timeout.as_millis())),
+                retry_after: None,
+            },
         }
     }
+}
+
+/// The client every attempt goes through; built once per worker.
+fn client(config: &Config) -> Result<Client, ClientError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.delivery_timeout));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.delivery_concurrency)
+            .build(https),
+    )
+}
+
+/// The configuration's URL as the request's URI. Both name the same
+/// resource; the configuration has parsed and checked it already.
+fn uri(url: &reqwest::Url) -> Uri {
+    url.as_str()
+        .parse()
+        .expect("a URL the configuration accepted is a valid URI")
 }
 
 impl Worker {
@@ -436,27 +485,31 @@ impl Answer {
         }
     }
 
-    fn failed(e: reqwest::Error, timeout: Duration) -> Self {
-        let (kind, error) = if e.is_timeout() {
-            (
-                AttemptKind::Timeout,
-                format!("no answer within {} ms", timeout.as_millis()),
-            )
-        } else if e.is_connect() {
-            (
-                AttemptKind::Connect,
-                "could not connect to Accelerate".to_owned(),
-            )
-        } else {
-            // Without the URL, which could carry credentials.
-            (
-                AttemptKind::Other,
-                format!("request failed: {}", e.without_url()),
-            )
-        };
+    fn failed(e: &hyper_util::client::legacy::Error) -> Self {
+        // hyper's errors never carry the URL (which could hold credentials);
+        // their causes say what went wrong (refused, TLS, reset).
+        let mut causes = String::new();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            causes.push_str(": ");
+            causes.push_str(&c.to_string());
+            cause = c.source();
+        }
+        if e.is_connect() {
+            return Answer {
+                status: None,
+                kind: AttemptKind::Connect,
+                error: Some(format!("could not connect to Accelerate{causes}")),
+                retry_after: None,
+            };
+        }
+        Self::other(format!("request failed: {e}{causes}"))
+    }
+
+    fn other(error: String) -> Self {
         Answer {
             status: None,
-            kind,
+            kind: AttemptKind::Other,
             error: Some(error),
             retry_after: None,
         }

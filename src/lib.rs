@@ -66,8 +66,8 @@ pub enum StartError {
     },
     #[error("could not start the HTTP server: {0}")]
     Server(std::io::Error),
-    #[error("could not build the HTTP client for Accelerate")]
-    Client(#[from] reqwest::Error),
+    #[error("could not build the HTTP client for Accelerate: {0}")]
+    Client(#[from] deliver::ClientError),
 }
 
 impl Application {

@@ -650,7 +650,104 @@ async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backe
     app.stop().await;
 }
 
+/// The attempt history of the one delivery of `event_id`, once it has `n` attempts.
+async fn history_of(app: &TestApp, event_id: &str, n: usize) -> Vec<(String, String)> {
+    let mut history = Vec::new();
+    for _ in 0..200 {
+        let listed = app
+            .store
+            .list(
+                &accelerate_relay::store::ListFilter::parse([("event_id", event_id)])
+                    .expect("filter"),
+            )
+            .await
+            .expect("list");
+        if let Some(found) = listed.first() {
+            let detail = app
+                .store
+                .detail(found.id.parse().expect("id"))
+                .await
+                .expect("detail")
+                .expect("found");
+            history = detail
+                .attempt_history
+                .iter()
+                .map(|a| (a.outcome.clone(), a.message.clone().unwrap_or_default()))
+                .collect();
+            if history.len() >= n {
+                return history;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{event_id}: {n} attempts expected, history {history:?}");
+}
+
+/// What went wrong is recorded as the kind the history and metrics name, with
+/// its cause: a refused connection, a TLS URL whose server does not speak TLS
+/// (nothing reaches it as a request), no answer in time.
+async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let refused = format!("http://127.0.0.1:{closed}/webhooks/checkoutdotcom");
+    let plain = MockAccelerate::start().await;
+    let not_tls = plain.url().replacen("http://", "https://", 1);
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("ACCELERATE_SANDBOX_URL", &refused),
+            ("ACCELERATE_PRODUCTION_URL", &not_tls),
+            ("RELAY_RETRY_SCHEDULE", "1h"),
+        ],
+    )
+    .await;
+    app.send("sandbox", approved_event("evt_refused")).await;
+    app.send("production", approved_event("evt_not_tls")).await;
+    let refused = history_of(&app, "evt_refused", 1).await;
+    assert_eq!(refused[0].0, "connect", "{refused:?}");
+    assert!(
+        refused[0]
+            .1
+            .starts_with("could not connect to Accelerate: ")
+            && refused[0].1.contains("refused"),
+        "{refused:?}"
+    );
+    // The TLS handshake is part of connecting; its own error says why.
+    let not_tls = history_of(&app, "evt_not_tls", 1).await;
+    assert_eq!(not_tls[0].0, "connect", "{not_tls:?}");
+    assert!(
+        not_tls[0]
+            .1
+            .starts_with("could not connect to Accelerate: ")
+            && !not_tls[0].1.contains("refused"),
+        "{not_tls:?}"
+    );
+    assert!(plain.received().is_empty(), "no request over plain HTTP");
+    app.stop().await;
+
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("RELAY_DELIVERY_TIMEOUT_MS", "300"),
+            ("RELAY_RETRY_SCHEDULE", "1h"),
+        ],
+    )
+    .await;
+    app.sandbox
+        .script([Reply::Slow(Duration::from_secs(2), 200)]);
+    app.send("sandbox", approved_event("evt_slow_kind")).await;
+    let slow = history_of(&app, "evt_slow_kind", 1).await;
+    assert_eq!(
+        slow,
+        [("timeout".to_owned(), "no answer within 300 ms".to_owned())]
+    );
+    app.stop().await;
+}
+
 on_both_stores!(
+    each_kind_of_failure_is_named_in_the_history,
     the_delivering_attempt_is_in_the_history_without_a_row_of_its_own,
     an_accepted_event_goes_out_from_memory_without_a_claim,
     events_beyond_the_workers_queue_are_claimed_from_the_store,
