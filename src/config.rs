@@ -535,6 +535,38 @@ mod tests {
     }
 
     #[test]
+    fn console_secure_cookie_is_true_false_or_refused_by_name() {
+        let with = |value: Option<&str>| {
+            let mut pairs = vec![
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+            ];
+            pairs.extend(value.map(|v| ("RELAY_CONSOLE_SECURE_COOKIE", v)));
+            Config::from_vars(vars(&pairs))
+        };
+        // Empty is unset, as for every variable.
+        for (value, secure) in [
+            (None, true),
+            (Some(""), true),
+            (Some("true"), true),
+            (Some(" false "), false),
+        ] {
+            assert_eq!(
+                with(value).expect("valid").console_secure_cookie,
+                secure,
+                "{value:?}"
+            );
+        }
+        for value in ["no", "0", "FALSE"] {
+            let error = with(Some(value)).expect_err(value).to_string();
+            assert!(
+                error.contains("RELAY_CONSOLE_SECURE_COOKIE"),
+                "{value}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn database_passwords_are_masked_wherever_they_are() {
         for (url, shown) in [
             ("postgres://u:hunter2@h/db", "postgres://u:***@h/db"),

@@ -113,6 +113,14 @@ fn check_config_fails_naming_the_variable() {
             ],
             "RELAY_EVENT_TYPES",
         ),
+        (
+            &[
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a-SECRET"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s-SECRET"),
+                ("RELAY_CONSOLE_SECURE_COOKIE", "no"),
+            ],
+            "RELAY_CONSOLE_SECURE_COOKIE",
+        ),
     ];
     for (vars, name) in cases {
         for args in [&["check-config"][..], &["serve"], &[]] {
