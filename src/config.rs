@@ -462,7 +462,15 @@ fn url(
 ) -> Result<reqwest::Url, ConfigError> {
     let value = value.unwrap_or_else(|| default.to_owned());
     match reqwest::Url::parse(value.trim()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        // The delivery worker sends to it as an `http::Uri`, which is stricter
+        // about some characters than a URL is: refused here, not at start.
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.as_str().parse::<http::Uri>().is_ok() =>
+        {
+            Ok(u)
+        }
         _ => Err(invalid(
             var,
             format!("`{value}` is not an http(s) URL; give Accelerate's full webhook URL"),
@@ -532,6 +540,26 @@ mod tests {
         assert_eq!(c.production_url.as_str(), PRODUCTION_URL);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.environments().collect::<Vec<_>>(), [Environment::Sandbox]);
+    }
+
+    #[test]
+    fn accelerate_urls_are_ones_a_request_can_be_sent_to() {
+        let with = |url: &str| {
+            Config::from_vars(vars(&[
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+                ("ACCELERATE_SANDBOX_URL", url),
+            ]))
+        };
+        let ok = with("http://127.0.0.1:9000/hooks?x=1").expect("valid");
+        assert_eq!(ok.sandbox_url.as_str(), "http://127.0.0.1:9000/hooks?x=1");
+        // What the delivery worker will send to: the same resource as a request URI.
+        let uri: http::Uri = ok.sandbox_url.as_str().parse().expect("a request URI");
+        assert_eq!(uri.path_and_query().map(|p| p.as_str()), Some("/hooks?x=1"));
+        for bad in ["ftp://h/x", "not a url", "https://"] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains("ACCELERATE_SANDBOX_URL"), "{bad}: {error}");
+        }
     }
 
     #[test]
