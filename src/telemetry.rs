@@ -33,8 +33,8 @@ pub fn init(format: LogFormat) {
 /// The JSON line of an event, written straight into the line's buffer: the
 /// same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`,
 /// the event's fields in order, `target`), without its per-field detours
-/// (a `String` per `%value`, a UTF-8 check per piece written), which cost
-/// several µs per line on the hot path (bench/README.md).
+/// (a `String` per `%value`, a UTF-8 check per piece written), which took
+/// twice the instructions per line (bench/README.md).
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
