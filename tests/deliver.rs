@@ -629,19 +629,8 @@ async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backe
             ],
         ),
     ] {
-        let listed = app
-            .store
-            .list(&accelerate_relay::store::ListFilter::parse([("event_id", id)]).expect("filter"))
-            .await
-            .expect("list");
-        let detail = app
-            .store
-            .detail(listed[0].id.parse().expect("id"))
-            .await
-            .expect("detail")
-            .expect("found");
-        let history: Vec<(u32, Option<u16>, &str)> = detail
-            .attempt_history
+        let history = history_of(&app, id, expected.len()).await;
+        let history: Vec<(u32, Option<u16>, &str)> = history
             .iter()
             .map(|a| (a.attempt, a.http_status, a.outcome.as_str()))
             .collect();
@@ -651,7 +640,11 @@ async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backe
 }
 
 /// The attempt history of the one delivery of `event_id`, once it has `n` attempts.
-async fn history_of(app: &TestApp, event_id: &str, n: usize) -> Vec<(String, String)> {
+async fn history_of(
+    app: &TestApp,
+    event_id: &str,
+    n: usize,
+) -> Vec<accelerate_relay::store::AttemptView> {
     let mut history = Vec::new();
     for _ in 0..200 {
         let listed = app
@@ -669,11 +662,7 @@ async fn history_of(app: &TestApp, event_id: &str, n: usize) -> Vec<(String, Str
                 .await
                 .expect("detail")
                 .expect("found");
-            history = detail
-                .attempt_history
-                .iter()
-                .map(|a| (a.outcome.clone(), a.message.clone().unwrap_or_default()))
-                .collect();
+            history = detail.attempt_history;
             if history.len() >= n {
                 return history;
             }
@@ -681,6 +670,14 @@ async fn history_of(app: &TestApp, event_id: &str, n: usize) -> Vec<(String, Str
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{event_id}: {n} attempts expected, history {history:?}");
+}
+
+/// Each attempt's outcome and message.
+fn outcomes(history: Vec<accelerate_relay::store::AttemptView>) -> Vec<(String, String)> {
+    history
+        .into_iter()
+        .map(|a| (a.outcome, a.message.unwrap_or_default()))
+        .collect()
 }
 
 /// What went wrong is recorded as the kind the history and metrics name, with
@@ -705,7 +702,7 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     .await;
     app.send("sandbox", approved_event("evt_refused")).await;
     app.send("production", approved_event("evt_not_tls")).await;
-    let refused = history_of(&app, "evt_refused", 1).await;
+    let refused = outcomes(history_of(&app, "evt_refused", 1).await);
     assert_eq!(refused[0].0, "connect", "{refused:?}");
     assert!(
         refused[0]
@@ -715,7 +712,7 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
         "{refused:?}"
     );
     // The TLS handshake is part of connecting; its own error says why.
-    let not_tls = history_of(&app, "evt_not_tls", 1).await;
+    let not_tls = outcomes(history_of(&app, "evt_not_tls", 1).await);
     assert_eq!(not_tls[0].0, "connect", "{not_tls:?}");
     assert!(
         not_tls[0]
@@ -738,7 +735,7 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     app.sandbox
         .script([Reply::Slow(Duration::from_secs(2), 200)]);
     app.send("sandbox", approved_event("evt_slow_kind")).await;
-    let slow = history_of(&app, "evt_slow_kind", 1).await;
+    let slow = outcomes(history_of(&app, "evt_slow_kind", 1).await);
     assert_eq!(
         slow,
         [("timeout".to_owned(), "no answer within 300 ms".to_owned())]
