@@ -91,10 +91,8 @@ pub(super) async fn retry_now(
     id: DeliveryId,
 ) -> Result<bool, StoreError> {
     let found = state.store.retry(id, Timestamp::now()).await?;
-    if found {
-        state.wake.notify_one();
-    }
     let result = if found {
+        state.wake.notify_one();
         "pending, due now"
     } else {
         "not found"
