@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::load::{closed_loop, open_loop, Clock, Events, Target};
 use crate::mock::Mock;
-use crate::procs::{postgres_cpu_seconds, settle_disk, start_nginx, start_relay};
+use crate::procs::{postgres_cpu_seconds, settle_disk, start_nginx, start_relay, ThreadGroup};
 use crate::{create_pg_database, drop_pg_database, wait_arrived, Args, WEBHOOK};
 
 /// One server's phase in one round.
@@ -24,6 +24,12 @@ struct Phase {
     db_cpu_us: Option<f64>,
     /// p99 accept latency at `args.rate` events/s (the relays only).
     p99_ms: Option<f64>,
+    /// Context switches of the relay's threads per event (the relays only).
+    switches: Option<f64>,
+    /// CPU µs per event of each `ThreadGroup` (the relays only).
+    threads: Option<[f64; ThreadGroup::COUNT]>,
+    /// Write calls and kilobytes written per event (the relays only).
+    writes: Option<(f64, f64)>,
 }
 
 pub async fn run(
@@ -99,6 +105,9 @@ async fn proxy_phase(
         cpu_us: cpu * 1e6 / out.ok.max(1) as f64,
         db_cpu_us: None,
         p99_ms: None,
+        switches: None,
+        threads: None,
+        writes: None,
     }))
 }
 
@@ -136,7 +145,7 @@ async fn relay_phase(
     .await;
     wait_arrived(&mock, fixed.first..fixed.end, fixed.accepted as usize).await;
 
-    let (cpu0, db0) = (relay.cpu_seconds(), postgres_cpu_seconds());
+    let (cpu0, db0, threads0) = (relay.cpu_seconds(), postgres_cpu_seconds(), relay.threads());
     let full = closed_loop(
         &target,
         events,
@@ -149,13 +158,21 @@ async fn relay_phase(
     // Each accepted event's delivery is part of its cost: wait for them all.
     wait_arrived(&mock, full.first..full.end, full.accepted as usize).await;
     let (cpu, db) = (relay.cpu_seconds() - cpu0, postgres_cpu_seconds() - db0);
+    let threads = relay.threads();
     relay.stop();
-    let per_event = |s: f64| s * 1e6 / full.accepted.max(1) as f64;
+    let events = full.accepted.max(1) as f64;
+    let per_event = |s: f64| s * 1e6 / events;
     Ok(Phase {
         rate: full.accepted as f64 / full.elapsed.as_secs_f64(),
         cpu_us: per_event(cpu),
         db_cpu_us: postgres.then(|| per_event(db)),
         p99_ms: Some(fixed.percentile_ms(99.0)),
+        switches: Some(threads.switches.saturating_sub(threads0.switches) as f64 / events),
+        threads: Some(threads.cpu_seconds_since(&threads0).map(per_event)),
+        writes: Some((
+            threads.write_calls.saturating_sub(threads0.write_calls) as f64 / events,
+            threads.written.saturating_sub(threads0.written) as f64 / 1024.0 / events,
+        )),
     })
 }
 
@@ -171,20 +188,21 @@ fn print(args: &Args, rounds: &[[Option<Phase>; 3]]) {
         rounds.len(), args.seconds, args.connections, args.rate
     );
     println!();
-    println!("| round | server | req/s | × proxy_pass | CPU µs/event (server) | CPU µs/event (PostgreSQL) | p99 at {}/s |", args.rate);
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| round | server | req/s | × proxy_pass | CPU µs/event (server) | CPU µs/event (PostgreSQL) | p99 at {}/s | context switches/event |", args.rate);
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (i, round) in rounds.iter().enumerate() {
         for (name, phase) in NAMES.iter().zip(round) {
             let Some(p) = phase else { continue };
             let ratio = round[0].map(|c| p.rate / c.rate);
             println!(
-                "| {} | {name} | {:.0} | {} | {:.0} | {} | {} |",
+                "| {} | {name} | {:.0} | {} | {:.0} | {} | {} | {} |",
                 i + 1,
                 p.rate,
                 fmt(ratio, 2),
                 p.cpu_us,
                 fmt(p.db_cpu_us, 0),
-                fmt(p.p99_ms, 2)
+                fmt(p.p99_ms, 2),
+                fmt(p.switches, 1)
             );
         }
     }
@@ -197,27 +215,43 @@ fn print(args: &Args, rounds: &[[Option<Phase>; 3]]) {
             .iter()
             .filter_map(|r| Some(r[s]?.rate / r[0]?.rate))
             .collect();
+        // The median of a figure only some servers have; "—" for the others.
+        let column = |figure: fn(&Phase) -> Option<f64>, decimals| {
+            let median = figure(&phases[0]).map(|_| median(phases.iter().filter_map(figure)));
+            fmt(median, decimals)
+        };
         println!(
-            "| median | {name} | {:.0} | {} | {:.0} | {} | {} |",
+            "| median | {name} | {:.0} | {} | {:.0} | {} | {} | {} |",
             median(phases.iter().map(|p| p.rate)),
             fmt((!ratios.is_empty()).then(|| median(ratios.into_iter())), 2),
             median(phases.iter().map(|p| p.cpu_us)),
-            fmt(
-                phases[0]
-                    .db_cpu_us
-                    .map(|_| median(phases.iter().filter_map(|p| p.db_cpu_us))),
-                0
-            ),
-            fmt(
-                phases[0]
-                    .p99_ms
-                    .map(|_| median(phases.iter().filter_map(|p| p.p99_ms))),
-                2
-            ),
+            column(|p| p.db_cpu_us, 0),
+            column(|p| p.p99_ms, 2),
+            column(|p| p.switches, 1),
         );
     }
     println!();
     println!("× proxy_pass is each round's ratio to the ceiling of the same round; the median row takes the median of those ratios.");
+    println!();
+    println!("Relay CPU µs per event by thread (medians of the rounds):");
+    println!();
+    let groups = ThreadGroup::ALL.map(ThreadGroup::name).join(" | ");
+    println!("| server | {groups} | write calls/event | KB written/event |");
+    println!("| --- |{}", " ---: |".repeat(ThreadGroup::ALL.len() + 2));
+    for (s, name) in NAMES.iter().enumerate() {
+        let per_thread: Vec<[f64; ThreadGroup::COUNT]> =
+            rounds.iter().filter_map(|r| r[s]?.threads).collect();
+        if per_thread.is_empty() {
+            continue;
+        }
+        let writes: Vec<(f64, f64)> = rounds.iter().filter_map(|r| r[s]?.writes).collect();
+        let mut cells: Vec<String> = (0..ThreadGroup::ALL.len())
+            .map(|g| format!("{:.1}", median(per_thread.iter().map(|t| t[g]))))
+            .collect();
+        cells.push(format!("{:.1}", median(writes.iter().map(|w| w.0))));
+        cells.push(format!("{:.1}", median(writes.iter().map(|w| w.1))));
+        println!("| {name} | {} |", cells.join(" | "));
+    }
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

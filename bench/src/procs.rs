@@ -10,6 +10,75 @@ use anyhow::{bail, Context};
 
 use crate::load::{get_ok, AUTH, SIG_KEY};
 
+/// The relay's threads, grouped by what they do.
+#[derive(Clone, Copy)]
+pub enum ThreadGroup {
+    /// actix's HTTP workers: receive, verify, parse, the commit's wait.
+    Http,
+    /// The tokio runtime: delivery attempts (and, on PostgreSQL, sqlx's I/O).
+    Runtime,
+    /// SQLite's writer thread: every commit.
+    Writer,
+    /// SQLite's checkpointer: the WAL copied into the database file.
+    Checkpointer,
+    Other,
+}
+
+impl ThreadGroup {
+    pub const COUNT: usize = 5;
+    pub const ALL: [ThreadGroup; Self::COUNT] = [
+        ThreadGroup::Http,
+        ThreadGroup::Runtime,
+        ThreadGroup::Writer,
+        ThreadGroup::Checkpointer,
+        ThreadGroup::Other,
+    ];
+
+    /// Thread names as the kernel keeps them (cut to 15 bytes).
+    fn of(name: &str) -> Self {
+        match name {
+            n if n.starts_with("actix-server wo") => ThreadGroup::Http,
+            n if n.starts_with("tokio-runtime") || n.starts_with("tokio-rt") => {
+                ThreadGroup::Runtime
+            }
+            "sqlite-writer" => ThreadGroup::Writer,
+            n if n.starts_with("sqlite-checkpoi") => ThreadGroup::Checkpointer,
+            _ => ThreadGroup::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadGroup::Http => "HTTP workers",
+            ThreadGroup::Runtime => "tokio runtime",
+            ThreadGroup::Writer => "SQLite writer",
+            ThreadGroup::Checkpointer => "SQLite checkpointer",
+            ThreadGroup::Other => "other threads",
+        }
+    }
+}
+
+/// What `Proc::threads` read.
+#[derive(Default, Clone, Copy)]
+pub struct Threads {
+    /// CPU ticks (user + system) by `ThreadGroup`.
+    pub ticks: [u64; ThreadGroup::COUNT],
+    pub switches: u64,
+    /// Bytes and calls of `write`-like system calls (`/proc/<pid>/io`): the
+    /// store's WAL and database pages and the log lines.
+    pub written: u64,
+    pub write_calls: u64,
+}
+
+impl Threads {
+    /// Seconds of CPU by `ThreadGroup` since `before`.
+    pub fn cpu_seconds_since(&self, before: &Threads) -> [f64; ThreadGroup::COUNT] {
+        std::array::from_fn(|g| {
+            self.ticks[g].saturating_sub(before.ticks[g]) as f64 / ticks_per_second()
+        })
+    }
+}
+
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
@@ -23,6 +92,40 @@ impl Proc {
     /// user + system CPU seconds so far.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid())
+    }
+
+    /// CPU ticks and context switches so far of each of the process's
+    /// threads, by thread name: which thread an event's CPU goes to, and how
+    /// often a thread gives the core away (on one core, every hand-off of an
+    /// event from one thread to another costs at least one switch).
+    pub fn threads(&self) -> Threads {
+        let mut threads = Threads::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return threads;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            let switches: u64 = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            let ticks = stat_ticks_at(&path.join("stat"));
+            let group = ThreadGroup::of(name.trim());
+            threads.ticks[group as usize] += ticks;
+            threads.switches += switches;
+        }
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap_or_default();
+        let field = |key: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        threads.written = field("wchar:");
+        threads.write_calls = field("syscw:");
+        threads
     }
 
     /// Peak resident set size (VmHWM) in MiB.
@@ -219,7 +322,11 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn stat_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_ticks_at(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+fn stat_ticks_at(path: &Path) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
