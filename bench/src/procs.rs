@@ -64,8 +64,10 @@ pub struct Threads {
     /// CPU ticks (user + system) by `ThreadGroup`.
     pub ticks: [u64; ThreadGroup::COUNT],
     pub switches: u64,
-    /// Bytes and calls of `write`-like system calls (`/proc/<pid>/io`): the
-    /// store's WAL and database pages and the log lines.
+    /// Bytes and calls of `write`-like system calls (`/proc/<pid>/io`'s
+    /// `wchar`, `syscw`): the store's pages, the log lines, and the POST to
+    /// Accelerate (hyper writes it with `writev`; actix answers with `send`,
+    /// which is not counted).
     pub written: u64,
     pub write_calls: u64,
 }
