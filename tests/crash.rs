@@ -129,7 +129,13 @@ on_both_stores!(kill_9_twenty_times_under_load_loses_nothing);
 async fn accepted_events_survive_kill_9_while_accelerate_is_down() {
     let dir = tempfile::tempdir().expect("dir");
     let down = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", free_port());
-    let mut relay = RelayProcess::start(dir.path(), &down, &[]).await;
+    // Retries that cannot run out while the events are sent, however slow
+    // the machine: with the harness's ten 100 ms waits, a first phase over a
+    // second (seen in CI) made the earliest events dead before the kill,
+    // which is right for the relay and not what this test is about.
+    let patient = vec!["250ms"; 120].join(",");
+    let patient = [("RELAY_RETRY_SCHEDULE", patient.as_str())];
+    let mut relay = RelayProcess::start(dir.path(), &down, &patient).await;
     let mut accepted = HashSet::new();
     for i in 0..50 {
         let id = format!("evt_k9_{i:02}");
@@ -140,7 +146,7 @@ async fn accepted_events_survive_kill_9_while_accelerate_is_down() {
     relay.kill_9();
 
     let accelerate = MockAccelerate::start().await;
-    let _relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
+    let _relay = RelayProcess::start(dir.path(), &accelerate.url(), &patient).await;
     let got = accelerate.wait_for(50, WAIT).await;
     let delivered: HashSet<String> = got.iter().map(mock::Received::event_id).collect();
     assert_eq!(

@@ -139,14 +139,14 @@ async fn accelerate_down_then_back_gets_every_event(backend: Backend) {
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     let url = format!("http://127.0.0.1:{port}/webhooks/checkoutdotcom");
+    // Ten seconds of retries: the outage must not outlast them on a slow
+    // machine, or the events are (rightly) dead before Accelerate is back.
+    let patient = vec!["200ms"; 50].join(",");
     let app = TestApp::spawn_with(
         backend,
         &[
             ("ACCELERATE_SANDBOX_URL", &url),
-            (
-                "RELAY_RETRY_SCHEDULE",
-                "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
-            ),
+            ("RELAY_RETRY_SCHEDULE", &patient),
         ],
     )
     .await;
