@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use http::Uri;
 use serde::Deserialize;
 
 use crate::event::Environment;
@@ -24,8 +25,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Keys of the environments that receive webhooks (at least one).
     pub credentials: BTreeMap<EnvironmentKey, Credentials>,
-    pub sandbox_url: reqwest::Url,
-    pub production_url: reqwest::Url,
+    pub sandbox_url: Uri,
+    pub production_url: Uri,
     pub event_types: Vec<String>,
     pub max_body_bytes: usize,
     pub delivery_timeout: Duration,
@@ -160,7 +161,7 @@ impl Config {
 
     /// Where events of `env` go. Both URLs always exist, so events stored while an
     /// environment was on are still delivered after it is switched off.
-    pub fn accelerate_url(&self, env: Environment) -> &reqwest::Url {
+    pub fn accelerate_url(&self, env: Environment) -> &Uri {
         match env {
             Environment::Sandbox => &self.sandbox_url,
             Environment::Production => &self.production_url,
@@ -455,27 +456,21 @@ fn address(value: Option<String>, var: &'static str) -> Result<Option<SocketAddr
         })
 }
 
-fn url(
-    value: Option<String>,
-    var: &'static str,
-    default: &str,
-) -> Result<reqwest::Url, ConfigError> {
+/// Accelerate's URL, checked as a URL (http or https, with a host) and kept
+/// as the request URI the delivery worker sends to, which is stricter about
+/// some characters: either refusal happens here, at start.
+fn url(value: Option<String>, var: &'static str, default: &str) -> Result<Uri, ConfigError> {
     let value = value.unwrap_or_else(|| default.to_owned());
-    match reqwest::Url::parse(value.trim()) {
-        // The delivery worker sends to it as an `http::Uri`, which is stricter
-        // about some characters than a URL is: refused here, not at start.
-        Ok(u)
-            if matches!(u.scheme(), "http" | "https")
-                && u.host().is_some()
-                && u.as_str().parse::<http::Uri>().is_ok() =>
-        {
-            Ok(u)
-        }
-        _ => Err(invalid(
-            var,
-            format!("`{value}` is not an http(s) URL; give Accelerate's full webhook URL"),
-        )),
-    }
+    reqwest::Url::parse(value.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .and_then(|u| u.as_str().parse::<Uri>().ok())
+        .ok_or_else(|| {
+            invalid(
+                var,
+                format!("`{value}` is not an http(s) URL; give Accelerate's full webhook URL"),
+            )
+        })
 }
 
 fn database_url(value: Option<String>) -> Result<Secret, ConfigError> {
@@ -536,8 +531,8 @@ mod tests {
         assert_eq!(c.max_body_bytes, 262_144);
         assert_eq!(c.delivery_timeout, Duration::from_secs(10));
         assert_eq!(c.retention, Duration::from_secs(168 * 3600));
-        assert_eq!(c.sandbox_url.as_str(), SANDBOX_URL);
-        assert_eq!(c.production_url.as_str(), PRODUCTION_URL);
+        assert_eq!(c.sandbox_url.to_string(), SANDBOX_URL);
+        assert_eq!(c.production_url.to_string(), PRODUCTION_URL);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.environments().collect::<Vec<_>>(), [Environment::Sandbox]);
     }
@@ -552,10 +547,15 @@ mod tests {
             ]))
         };
         let ok = with("http://127.0.0.1:9000/hooks?x=1").expect("valid");
-        assert_eq!(ok.sandbox_url.as_str(), "http://127.0.0.1:9000/hooks?x=1");
-        // What the delivery worker will send to: the same resource as a request URI.
-        let uri: http::Uri = ok.sandbox_url.as_str().parse().expect("a request URI");
-        assert_eq!(uri.path_and_query().map(|p| p.as_str()), Some("/hooks?x=1"));
+        assert_eq!(
+            ok.sandbox_url.to_string(),
+            "http://127.0.0.1:9000/hooks?x=1"
+        );
+        // What the delivery worker sends to: the same resource as a request URI.
+        assert_eq!(
+            ok.sandbox_url.path_and_query().map(|p| p.as_str()),
+            Some("/hooks?x=1")
+        );
         for bad in ["ftp://h/x", "not a url", "https://"] {
             let error = with(bad).expect_err(bad).to_string();
             assert!(error.contains("ACCELERATE_SANDBOX_URL"), "{bad}: {error}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT};
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -59,16 +59,14 @@ pub struct ClientError(#[from] rustls::Error);
 pub struct Worker {
     store: Store,
     client: Client,
-    sandbox_url: Uri,
-    production_url: Uri,
     timeout: Duration,
     schedule: RetrySchedule,
     lease: Duration,
     concurrency: usize,
     wake: Arc<Notify>,
     metrics: Option<Arc<Metrics>>,
-    /// The configuration's keys: stored deliveries name their Authorization
-    /// key, and the value sent is looked up here.
+    /// Accelerate's URLs, and the configuration's keys: stored deliveries
+    /// name their Authorization key, and the value sent is looked up here.
     config: Arc<Config>,
     /// First attempts handed over by the receive path (see `with_handoff`).
     handed: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<Claimed>>>>,
@@ -81,8 +79,6 @@ impl Worker {
         Ok(Self {
             store,
             client: client(config)?,
-            sandbox_url: uri(&config.sandbox_url),
-            production_url: uri(&config.production_url),
             timeout: config.delivery_timeout,
             schedule: config.retry_schedule.clone(),
             lease: config.lease,
@@ -344,10 +340,7 @@ impl Worker {
     }
 
     async fn attempt(&self, claim: &Claimed) -> Answer {
-        let url = match claim.environment {
-            Environment::Sandbox => &self.sandbox_url,
-            Environment::Production => &self.production_url,
-        };
+        let url = self.config.accelerate_url(claim.environment);
         let mut request = http::Request::post(url.clone());
         for (name, value) in claim.headers.iter() {
             let value = match value {
@@ -431,14 +424,6 @@ fn client(config: &Config) -> Result<Client, ClientError> {
             .pool_max_idle_per_host(config.delivery_concurrency)
             .build(https),
     )
-}
-
-/// The configuration's URL as the request's URI. Both name the same
-/// resource; the configuration has parsed and checked it already.
-fn uri(url: &reqwest::Url) -> Uri {
-    url.as_str()
-        .parse()
-        .expect("a URL the configuration accepted is a valid URI")
 }
 
 impl Worker {
