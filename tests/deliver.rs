@@ -135,9 +135,7 @@ async fn slow_accelerate_times_out_and_is_retried(backend: Backend) {
 
 async fn accelerate_down_then_back_gets_every_event(backend: Backend) {
     // A port nobody listens on yet: connection refused until the mock starts there.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
+    let port = process::free_port();
     let url = format!("http://127.0.0.1:{port}/webhooks/checkoutdotcom");
     // Ten seconds of retries: the outage must not outlast them on a slow
     // machine, or the events are (rightly) dead before Accelerate is back.
@@ -680,14 +678,22 @@ fn outcomes(history: Vec<accelerate_relay::store::AttemptView>) -> Vec<(String, 
         .collect()
 }
 
+/// The cause recorded for an event's first attempt, which must have failed
+/// to connect.
+async fn connect_failure(app: &TestApp, event_id: &str) -> String {
+    let first = outcomes(history_of(app, event_id, 1).await).remove(0);
+    assert_eq!(first.0, "connect", "{first:?}");
+    match first.1.strip_prefix("could not connect to Accelerate: ") {
+        Some(cause) => cause.to_owned(),
+        None => panic!("{event_id}: {first:?}"),
+    }
+}
+
 /// What went wrong is recorded as the kind the history and metrics name, with
 /// its cause: a refused connection, a TLS URL whose server does not speak TLS
 /// (nothing reaches it as a request), no answer in time.
 async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let closed = process::free_port();
     let refused = format!("http://127.0.0.1:{closed}/webhooks/checkoutdotcom");
     let plain = MockAccelerate::start().await;
     let not_tls = plain.url().replacen("http://", "https://", 1);
@@ -702,25 +708,11 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     .await;
     app.send("sandbox", approved_event("evt_refused")).await;
     app.send("production", approved_event("evt_not_tls")).await;
-    let refused = outcomes(history_of(&app, "evt_refused", 1).await);
-    assert_eq!(refused[0].0, "connect", "{refused:?}");
-    assert!(
-        refused[0]
-            .1
-            .starts_with("could not connect to Accelerate: ")
-            && refused[0].1.contains("refused"),
-        "{refused:?}"
-    );
+    let refused = connect_failure(&app, "evt_refused").await;
+    assert!(refused.contains("refused"), "{refused}");
     // The TLS handshake is part of connecting; its own error says why.
-    let not_tls = outcomes(history_of(&app, "evt_not_tls", 1).await);
-    assert_eq!(not_tls[0].0, "connect", "{not_tls:?}");
-    assert!(
-        not_tls[0]
-            .1
-            .starts_with("could not connect to Accelerate: ")
-            && !not_tls[0].1.contains("refused"),
-        "{not_tls:?}"
-    );
+    let not_tls = connect_failure(&app, "evt_not_tls").await;
+    assert!(!not_tls.contains("refused"), "{not_tls}");
     assert!(plain.received().is_empty(), "no request over plain HTTP");
     app.stop().await;
 
