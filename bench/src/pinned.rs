@@ -67,12 +67,14 @@ pub async fn run(
     print(args, &rounds);
     if args.smoke {
         // Proves the pinned mode still measures, not how fast anything is.
-        let relays = rounds.iter().flat_map(|r| r[1..].iter().flatten());
-        let broken = relays.clone().count() == 0
-            || relays.clone().any(|p| p.rate <= 0.0)
+        let relays: Vec<&Phase> = rounds
+            .iter()
+            .flat_map(|r| r[1..].iter().flatten())
+            .collect();
+        let broken = relays.is_empty()
             || relays
-                .clone()
-                .any(|p| p.threads.is_none_or(|t| t.iter().sum::<f64>() <= 0.0));
+                .iter()
+                .any(|p| p.rate <= 0.0 || p.threads.is_none_or(|t| t.iter().sum::<f64>() <= 0.0));
         anyhow::ensure!(
             !broken,
             "smoke run: a relay phase accepted nothing or its threads' CPU was not read"
