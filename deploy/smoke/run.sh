@@ -40,6 +40,10 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "image smoke test FAILED: $*" >&2; [ -f "$WORK/relay.log" ] && tail -20 "$WORK/relay.log" >&2; exit 1; }
+# `contains TEXT PATTERN`: grep on text already read in full. Piping a command
+# into `grep -q` fails under pipefail whenever grep matches and exits before
+# the writer is done (curl exit 23, SIGPIPE), which is how CI once went red.
+contains() { grep -q -- "$2" <<<"$1"; }
 
 command -v podman >/dev/null || {
   apt-get update -qq
@@ -74,8 +78,8 @@ config() { podman image inspect accelerate-relay-smoke:latest --format "$1"; }
 USER_ID=$(config '{{.Config.User}}')
 [ "$USER_ID" = "65532:65532" ] || fail "the image's user is '$USER_ID', not 65532:65532"
 [ "$(config '{{.Config.StopSignal}}')" = "SIGTERM" ] || fail "STOPSIGNAL is not SIGTERM"
-config '{{json .Config.Volumes}}' | grep -q '"/data"' || fail "no /data volume"
-config '{{json .Config.Healthcheck}}' | grep -q 'accelerate-relay","healthcheck' || fail "HEALTHCHECK is not the healthcheck command"
+contains "$(config '{{json .Config.Volumes}}')" '"/data"' || fail "no /data volume"
+contains "$(config '{{json .Config.Healthcheck}}')" 'accelerate-relay","healthcheck' || fail "HEALTHCHECK is not the healthcheck command"
 ENTRYPOINT=$(config '{{join .Config.Entrypoint " "}}')
 CMD=$(config '{{join .Config.Cmd " "}}')
 mapfile -t IMAGE_ENV < <(config '{{range .Config.Env}}{{println .}}{{end}}' | grep -v '^$')
@@ -158,10 +162,10 @@ start_relay
 pid=$(relay_pid)
 [ -n "$pid" ] || fail "no relay process"
 [ "$(ps -o uid= -p "$pid" | tr -d ' ')" = 65532 ] || fail "the relay does not run as 65532"
-awk '$5 == "/" {print $6}' "/proc/$pid/mountinfo" | grep -q '^ro' || fail "the relay's root is not read-only"
+contains "$(awk '$5 == "/" {print $6}' "/proc/$pid/mountinfo")" '^ro' || fail "the relay's root is not read-only"
 env -i "${RUN_ENV[@]}" bash -c "$(declare -f in_image); ROOT=$ROOT DATA=$DATA USER_ID=$USER_ID; in_image /usr/local/bin/accelerate-relay healthcheck" ||
   fail "the image's HEALTHCHECK command failed"
-replay fixtures/payment_approved.json | grep -q '"accepted"' || fail "the fixture was not accepted"
+contains "$(replay fixtures/payment_approved.json)" '"accepted"' || fail "the fixture was not accepted"
 for f in relay.db relay.db-wal; do
   [ "$(stat -c '%a %u' "$DATA/$f")" = "600 65532" ] || fail "$f is $(stat -c '%a %u' "$DATA/$f"), not 600 owned by 65532"
 done
@@ -175,10 +179,11 @@ for _ in $(seq 1 100); do [ -f "$WORK/received/0.body" ] && break; sleep 0.1; do
 cmp -s "$WORK/received/0.body" fixtures/payment_approved.json || fail "the forwarded body differs from the fixture"
 grep -qi "^authorization: $AUTH" "$WORK/received/0.headers" || fail "Authorization was not forwarded"
 # A second event, accepted and forwarded while running.
-replay fixtures/payment_declined.json | grep -q '"accepted"' || fail "the second fixture was not accepted"
+contains "$(replay fixtures/payment_declined.json)" '"accepted"' || fail "the second fixture was not accepted"
 for _ in $(seq 1 50); do [ -f "$WORK/received/1.body" ] && break; sleep 0.1; done
 cmp -s "$WORK/received/1.body" fixtures/payment_declined.json || fail "the second event was not forwarded byte for byte"
-curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -q 'accelerate_relay_webhooks_total{environment="sandbox",result="accepted"} 1' ||
+metrics=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics") || fail "/metrics on the admin port did not answer"
+contains "$metrics" 'accelerate_relay_webhooks_total{environment="sandbox",result="accepted"} 1' ||
   fail "/metrics on the admin port does not count the accepted webhook"
 stop_relay
 echo "image smoke test passed: non-root (65532), read-only root, /healthz and HEALTHCHECK, replayed fixture forwarded byte for byte, kept across a restart on /data (files 0600), exit 0 on SIGTERM"
