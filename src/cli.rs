@@ -205,7 +205,7 @@ fn check_config() -> anyhow::Result<()> {
             |p| p.describe()
         )
     );
-    println!("log format:           {:?}", config.log_format);
+    println!("log format:           {}", config.log_format);
     Ok(())
 }
 

@@ -83,6 +83,16 @@ pub enum LogFormat {
     Text,
 }
 
+/// As `RELAY_LOG_FORMAT` spells it, so `check-config` shows a value to set.
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{var}: {reason}")]

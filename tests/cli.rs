@@ -51,6 +51,7 @@ fn check_config_prints_what_would_run_with_secrets_masked() {
     assert!(stdout.contains("environment:          sandbox"), "{stdout}");
     assert!(stdout.contains("https://sbx.api.weaccelerate.com/webhooks/checkoutdotcom"));
     assert!(stdout.contains("db.internal"));
+    assert!(stdout.contains("log format:           json\n"), "{stdout}");
     assert!(
         !stdout.contains("SECRET"),
         "a secret was printed:\n{stdout}"
