@@ -84,8 +84,8 @@ pub enum LogFormat {
 }
 
 /// As `RELAY_LOG_FORMAT` spells it, so `check-config` shows a value to set.
-impl std::fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             LogFormat::Json => "json",
             LogFormat::Text => "text",

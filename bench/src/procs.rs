@@ -109,24 +109,16 @@ impl Proc {
             let path = task.path();
             let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
             let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-            let switches: u64 = status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum();
+            let switches = field(&status, "voluntary_ctxt_switches:")
+                + field(&status, "nonvoluntary_ctxt_switches:");
             let ticks = stat_ticks_at(&path.join("stat"));
             let group = ThreadGroup::of(name.trim());
             threads.ticks[group as usize] += ticks;
             threads.switches += switches;
         }
         let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap_or_default();
-        let field = |key: &str| {
-            io.lines()
-                .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        threads.written = field("wchar:");
-        threads.write_calls = field("syscw:");
+        threads.written = field(&io, "wchar:");
+        threads.write_calls = field(&io, "syscw:");
         threads
     }
 
@@ -351,9 +343,14 @@ fn ticks_per_second() -> f64 {
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    field(&status, key)
+}
+
+/// The number after `key` in a `/proc` file of `key: value` lines
+/// (`status`, `io`); 0 when it is not there.
+fn field(text: &str, key: &str) -> u64 {
+    text.lines()
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
