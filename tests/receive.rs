@@ -442,6 +442,29 @@ async fn every_rotated_key_is_accepted(backend: Backend) {
     app.stop().await;
 }
 
+/// Checkout.com sends lower-case hex; the same HMAC in upper case is the same
+/// bytes, so it is accepted too, and forwarded as it came (Accelerate checks
+/// the header itself).
+async fn signature_in_upper_case_hex_is_accepted_and_forwarded_unchanged(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = approved_event("evt_upper");
+    let sig = sign(SANDBOX_SIG, &body).to_uppercase();
+    let (status, b) = answer(
+        app.post(
+            "/webhooks/checkoutdotcom/sandbox",
+            body,
+            Some(SANDBOX_AUTH),
+            Some(&sig),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, b["status"].as_str()), (200, Some("accepted")));
+    let got = app.sandbox.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].header_str("cko-signature"), Some(sig.as_str()));
+    app.stop().await;
+}
+
 async fn store_that_cannot_commit_answers_503_and_recovers(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.db.refuse_inserts().await;
@@ -576,6 +599,7 @@ on_both_stores!(
     the_same_event_sent_many_times_at_once_is_accepted_once,
     same_event_id_in_the_other_environment_is_not_a_duplicate,
     every_rotated_key_is_accepted,
+    signature_in_upper_case_hex_is_accepted_and_forwarded_unchanged,
     store_that_cannot_commit_answers_503_and_recovers,
     health_and_readiness,
 );
