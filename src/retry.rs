@@ -152,6 +152,18 @@ mod tests {
         assert!("5s,8d".parse::<RetrySchedule>().is_err());
     }
 
+    /// check-config prints the schedule in humantime's form (`24h` is
+    /// `1day`); an operator can set what it printed and get the same waits.
+    #[test]
+    fn the_printed_schedule_parses_back_to_itself() {
+        let custom: RetrySchedule = "250ms,1500ms,90s,25h,7d".parse().expect("valid");
+        for schedule in [RetrySchedule::default(), custom] {
+            let printed = schedule.to_string();
+            assert_eq!(printed.parse::<RetrySchedule>(), Ok(schedule), "{printed}");
+        }
+        assert!(RetrySchedule::default().to_string().ends_with(",12h,1day"));
+    }
+
     #[test]
     fn retry_after_seconds_or_date_capped() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
