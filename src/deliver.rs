@@ -33,6 +33,10 @@ pub const USER_AGENT_VALUE: &str = concat!("accelerate-relay/", env!("CARGO_PKG_
 const POLL: Duration = Duration::from_millis(500);
 /// Most of Accelerate's answer read (to keep the connection reusable); the rest is dropped.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longest wait for the body of an answer whose status line has come (within
+/// the attempt's timeout): Accelerate's answers are small, and a sending slot
+/// is not held for a body that decides nothing.
+const ANSWER_BODY_WAIT: Duration = Duration::from_secs(1);
 
 /// What one step of the worker did, so tests can drive the queue step by step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,18 +371,33 @@ impl Worker {
             Ok(request) => request,
             Err(e) => return Answer::other(format!("request not built: {e}")),
         };
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let status = response.status();
-            let retry_after = matches!(
-                status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            )
-            .then(|| response.headers().get(RETRY_AFTER))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            // Read (a bounded part of) the answer so the connection can be reused.
+        // Accelerate's status line decides the attempt; the body after it
+        // is read only so the connection can be reused, bounded in size and
+        // time, and whatever happens to it changes nothing: a 2xx whose body
+        // stalls or breaks off is delivered, never sent again.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Answer::failed(&e),
+            Err(_) => {
+                return Answer {
+                    status: None,
+                    kind: AttemptKind::Timeout,
+                    error: Some(format!("no answer within {} ms", self.timeout.as_millis())),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| response.headers().get(RETRY_AFTER))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let drain = async {
             let mut body = response.into_body();
             let mut read = 0;
             while read < MAX_ANSWER_BYTES {
@@ -387,22 +406,17 @@ impl Worker {
                     _ => break,
                 }
             }
-            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((status, retry_after))) => Answer {
-                status: Some(status.as_u16()),
-                kind: AttemptKind::of_status(status.as_u16()),
-                error: (!status.is_success()).then(|| format!("Accelerate answered {status}")),
-                retry_after,
-            },
-            Ok(Err(e)) => Answer::failed(&e),
-            Err(_) => Answer {
-                status: None,
-                kind: AttemptKind::Timeout,
-                error: Some(format!("no answer within {} ms", self.timeout.as_millis())),
-                retry_after: None,
-            },
+        let body_deadline = deadline.min(tokio::time::Instant::now() + ANSWER_BODY_WAIT);
+        if tokio::time::timeout_at(body_deadline, drain).await.is_err() {
+            tracing::debug!(delivery_id = %claim.id, status = status.as_u16(),
+                "Accelerate's answer body stalled; the connection is dropped, the status stands");
+        }
+        Answer {
+            status: Some(status.as_u16()),
+            kind: AttemptKind::of_status(status.as_u16()),
+            error: (!status.is_success()).then(|| format!("Accelerate answered {status}")),
+            retry_after,
         }
     }
 }
