@@ -28,7 +28,7 @@ pub const BUILD_INFO: &str = "accelerate_relay_build_info";
 
 /// Every answer of the receive path, as `result` labels: the contract's
 /// codes, the transport answers the relay gives itself, and other paths.
-pub const RESULTS: [&str; 16] = [
+pub const RESULTS: [&str; 19] = [
     "accepted",
     "duplicate",
     "ignored_event_type",
@@ -44,6 +44,9 @@ pub const RESULTS: [&str; 16] = [
     "request_header_fields_too_large",
     "bad_request",
     "not_found",
+    "method_not_allowed",
+    "uri_too_long",
+    "not_implemented",
     "other",
 ];
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_http::error::DispatchError;
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -50,75 +50,122 @@ pub fn servers(
     let grace = state.config.shutdown_grace.as_secs().max(1);
     let operator_here = admin_listener.is_none();
     let state = web::Data::new(state);
-    let addr = listener.local_addr()?;
     let webhook_state = state.clone();
     let webhook_app = move || {
         App::new()
             .app_data(webhook_state.clone())
+            .wrap_fn(transport::last_answer)
             .route("/healthz", web::get().to(ops::healthz))
             .route("/readyz", web::get().to(ops::readyz))
             .configure(|cfg| operator_routes(cfg, operator_here, &webhook_state.config))
-            .route(
+            .service(webhook_route(
                 "/webhooks/checkoutdotcom",
                 web::post().to(webhook::receive_default),
-            )
+            ))
             // Static routes first: actix matches them without its regex engine,
             // which showed in the benchmark's profile.
-            .route(
+            .service(webhook_route(
                 "/webhooks/checkoutdotcom/sandbox",
                 web::post().to(webhook::receive_sandbox),
-            )
-            .route(
+            ))
+            .service(webhook_route(
                 "/webhooks/checkoutdotcom/production",
                 web::post().to(webhook::receive_production),
-            )
-            .route(
+            ))
+            .service(webhook_route(
                 "/webhooks/checkoutdotcom/{environment}",
                 web::post().to(webhook::receive_in),
-            )
+            ))
             .default_service(web::to(not_found))
     };
-    // As actix-web's HttpServer builds a listener, but over `transport::Connection`,
-    // so the parser's own refusals get the relay's answer, log line and count.
-    let metrics = Arc::clone(&state.metrics);
-    let webhook = actix_server::Server::build()
-        .listen("webhooks", listener, move || {
-            let metrics = Arc::clone(&metrics);
-            let app = webhook_app()
-                .into_factory()
-                .map_err(|err: actix_web::Error| err.error_response());
-            let h1 = actix_http::HttpService::build()
-                .client_request_timeout(HEADER_TIMEOUT)
-                .local_addr(addr)
-                // The app's host/address defaults only serve URL generation,
-                // which the relay does not use (actix keeps their setter private).
-                .h1(map_config(app, |_| AppConfig::default()));
-            fn_service(move |io: actix_web::rt::net::TcpStream| {
-                let connection = transport::Connection::new(io, Arc::clone(&metrics));
-                let peer = connection.peer();
-                std::future::ready(Ok::<_, DispatchError>((connection, peer)))
-            })
-            .and_then(h1)
-        })?
-        .shutdown_timeout(grace)
-        .run();
+    let webhook = listen(
+        actix_server::Server::build(),
+        "webhooks",
+        listener,
+        webhook_app,
+        Some(Arc::clone(&state.metrics)),
+    )?
+    .shutdown_timeout(grace)
+    .run();
     let admin = match admin_listener {
-        Some(listener) => Some(
-            HttpServer::new(move || {
+        Some(listener) => {
+            let admin_app = move || {
                 App::new()
                     .app_data(state.clone())
+                    .wrap_fn(transport::last_answer)
                     .configure(|cfg| operator_routes(cfg, true, &state.config))
                     .default_service(web::to(operator_not_found))
-            })
-            .workers(1)
-            .client_request_timeout(HEADER_TIMEOUT)
-            .shutdown_timeout(grace)
-            .listen(listener)?
-            .run(),
-        ),
+            };
+            Some(
+                listen(
+                    actix_server::Server::build().workers(1),
+                    "admin",
+                    listener,
+                    admin_app,
+                    None,
+                )?
+                .shutdown_timeout(grace)
+                .run(),
+            )
+        }
         None => None,
     };
     Ok((webhook, admin))
+}
+
+/// As actix-web's `HttpServer` builds a listener, but over
+/// `transport::Connection`, so the parser's own refusals get the relay's
+/// answer (counted in `metrics` on the webhook port) and a closing answer is
+/// a connection's last.
+fn listen<F, T, B>(
+    builder: actix_server::ServerBuilder,
+    name: &str,
+    listener: TcpListener,
+    app: F,
+    metrics: Option<Arc<Metrics>>,
+) -> std::io::Result<actix_server::ServerBuilder>
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: actix_service::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    let addr = listener.local_addr()?;
+    builder.listen(name, listener, move || {
+        let metrics = metrics.clone();
+        let app = app()
+            .into_factory()
+            .map_err(|err: actix_web::Error| err.error_response());
+        let h1 = actix_http::HttpService::build()
+            .client_request_timeout(HEADER_TIMEOUT)
+            .local_addr(addr)
+            .on_connect_ext(
+                |io: &transport::Connection, data: &mut actix_http::Extensions| {
+                    data.insert(io.last_answer());
+                },
+            )
+            // The app's host/address defaults only serve URL generation,
+            // which the relay does not use (actix keeps their setter private).
+            .h1(map_config(app, |_| AppConfig::default()));
+        fn_service(move |io: actix_web::rt::net::TcpStream| {
+            let connection = transport::Connection::new(io, metrics.clone());
+            let peer = connection.peer();
+            std::future::ready(Ok::<_, DispatchError>((connection, peer)))
+        })
+        .and_then(h1)
+    })
+}
+
+/// A webhook path: POST only; any other method is 405 with `Allow: POST`.
+fn webhook_route(path: &str, post: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(post)
+        .default_service(web::to(webhook::method_not_allowed))
 }
 
 fn operator_routes(cfg: &mut web::ServiceConfig, here: bool, config: &Config) {

@@ -59,6 +59,16 @@ pub async fn receive_default(
     respond(None, &req, payload, &state).await
 }
 
+/// Any method but POST on a webhook path.
+pub async fn method_not_allowed(state: web::Data<AppState>) -> HttpResponse {
+    state
+        .metrics
+        .webhook(None, "method_not_allowed", Duration::ZERO);
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, "POST"))
+        .json(json!({ "error": "method_not_allowed" }))
+}
+
 async fn respond(
     environment: Option<&str>,
     req: &HttpRequest,
@@ -284,10 +294,13 @@ async fn receive(
     let body = read_body(req, payload, config.max_body_bytes).await?;
 
     let headers = req.headers();
+    // A second line of either is refused like a wrong one: which line a
+    // receiver would check (or how it would join them) is not ours to guess,
+    // and the one line verified is the one forwarded.
     let body = verify::verify(
         credentials,
-        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-        headers.get("cko-signature").map(|v| v.as_bytes()),
+        only_line(headers, &header::AUTHORIZATION),
+        only_line(headers, &CKO_SIGNATURE),
         body,
     )?;
     let event = event::parse(body.bytes())?;
@@ -353,6 +366,17 @@ async fn receive(
             event_id,
         },
     })
+}
+
+static CKO_SIGNATURE: header::HeaderName = header::HeaderName::from_static("cko-signature");
+
+/// The header's value when it came in exactly one line.
+fn only_line<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a [u8]> {
+    let mut lines = headers.get_all(name);
+    match (lines.next(), lines.next()) {
+        (Some(only), None) => Some(only.as_bytes()),
+        _ => None,
+    }
 }
 
 fn resolve_environment(
