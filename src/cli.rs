@@ -158,7 +158,15 @@ fn check_config() -> anyhow::Result<()> {
         println!("  authorization keys: {}", creds.authorization.masked());
         println!("  signature keys:     {}", creds.signature.masked());
         println!("  forwards to:        {}", config.accelerate_url(env));
+        println!(
+            "  leaves:             {}",
+            config.proxies.describe(config.accelerate_url(env))
+        );
     }
+    println!(
+        "TLS trust:            {}",
+        crate::egress::describe_trust(config.accelerate_ca.as_ref())
+    );
     println!("event types:          {}", config.event_types.join(","));
     println!("max body bytes:       {}", config.max_body_bytes);
     println!(

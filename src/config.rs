@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
+use crate::egress::{CaBundle, Proxies, ProxyUrl};
 use crate::event::Environment;
 use crate::retry::RetrySchedule;
 use crate::secret::{KeyRing, Secret};
@@ -43,6 +44,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `None` unless `RELAY_ALLOWED_SOURCES` is set.
     pub sources: Option<SourcePolicy>,
+    /// CAs trusted for Accelerate beside the bundled roots.
+    pub accelerate_ca: Option<CaBundle>,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` (either case).
+    pub proxies: Proxies,
 }
 
 /// `Environment` as a map key with a stable order (sandbox first).
@@ -142,6 +147,7 @@ struct Raw {
     relay_log_format: Option<String>,
     relay_allowed_sources: Option<String>,
     relay_trusted_proxies: Option<String>,
+    relay_accelerate_ca_file: Option<String>,
 }
 
 impl Config {
@@ -155,9 +161,15 @@ impl Config {
         I: IntoIterator<Item = (String, String)>,
     {
         // envy would read an empty value as "set"; an empty key is never meant.
-        let vars = vars.into_iter().filter(|(_, v)| !v.trim().is_empty());
+        let vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect();
+        let proxies = proxies(&vars)?;
         let raw: Raw = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
-        raw.into_config()
+        let mut config = raw.into_config()?;
+        config.proxies = proxies;
+        Ok(config)
     }
 
     /// The environments that receive webhooks.
@@ -220,6 +232,36 @@ impl DatabaseConfig {
         let raw: Raw = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
         raw.database()
     }
+}
+
+/// The proxy variables, upper or lower case as curl reads them; both spellings
+/// set to different values is refused rather than one silently winning.
+fn proxies(vars: &[(String, String)]) -> Result<Proxies, ConfigError> {
+    let one = |upper: &'static str| -> Result<Option<String>, ConfigError> {
+        let lower = upper.to_ascii_lowercase();
+        let mut found = vars
+            .iter()
+            .filter(|(k, _)| k == upper || *k == lower)
+            .map(|(_, v)| v.trim().to_owned());
+        let first = found.next();
+        if found.any(|other| Some(&other) != first.as_ref()) {
+            return Err(invalid(
+                upper,
+                format!("{upper} and {lower} are both set, to different values; unset one"),
+            ));
+        }
+        Ok(first)
+    };
+    let url = |var: &'static str| -> Result<Option<ProxyUrl>, ConfigError> {
+        one(var)?
+            .map(|v| ProxyUrl::parse(&v).map_err(|e| invalid(var, e)))
+            .transpose()
+    };
+    Ok(Proxies {
+        https: url("HTTPS_PROXY")?,
+        http: url("HTTP_PROXY")?,
+        no_proxy: one("NO_PROXY")?,
+    })
 }
 
 impl Raw {
@@ -295,7 +337,17 @@ impl Raw {
             None => None,
         };
 
+        let accelerate_ca = match &self.relay_accelerate_ca_file {
+            Some(path) => Some(
+                CaBundle::read(std::path::Path::new(path))
+                    .map_err(|e| invalid("RELAY_ACCELERATE_CA_FILE", e))?,
+            ),
+            None => None,
+        };
+
         Ok(Config {
+            accelerate_ca,
+            proxies: Proxies::default(),
             sources,
             listen: address(self.relay_listen, "RELAY_LISTEN")?
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),

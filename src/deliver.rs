@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT};
+use http::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, PROXY_AUTHORIZATION, RETRY_AFTER, USER_AGENT,
+};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -17,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::egress::{self, Connector};
 use crate::event::Environment;
 use crate::metrics::Metrics;
 use crate::retry::{next_wait, parse_retry_after, RetrySchedule};
@@ -47,12 +50,13 @@ pub enum Step {
     Empty,
 }
 
-/// HTTP/1.1 to Accelerate, over TLS (Mozilla's roots, built in) or plain
-/// HTTP, with idle connections kept per host. hyper's client without
+/// HTTP/1.1 to Accelerate, over TLS (Mozilla's roots, built in, and any
+/// `RELAY_ACCELERATE_CA_FILE`) or plain HTTP, directly or through a proxy
+/// (`egress`), with idle connections kept per host. hyper's client without
 /// reqwest's layers above it: those (redirect bookkeeping even with
 /// redirects off, a URL parsed again from every answer) were 38% of an
 /// attempt's instructions (bench/README.md).
-type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Client = hyper_util::client::legacy::Client<HttpsConnector<Connector>, Full<Bytes>>;
 
 /// Why the HTTP client for Accelerate could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,9 @@ pub struct Worker {
     config: Arc<Config>,
     /// First attempts handed over by the receive path (see `with_handoff`).
     handed: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<Claimed>>>>,
+    /// `Proxy-Authorization` for each environment's plain-HTTP URL sent
+    /// through a proxy with credentials (sandbox, production).
+    proxy_authorization: [Option<HeaderValue>; 2],
 }
 
 impl Worker {
@@ -91,6 +98,8 @@ impl Worker {
             metrics: None,
             config: Arc::new(config.clone()),
             handed: None,
+            proxy_authorization: [Environment::Sandbox, Environment::Production]
+                .map(|env| config.proxies.authorization_for(config.accelerate_url(env))),
         })
     }
 
@@ -361,6 +370,13 @@ impl Worker {
                 request = request.header(name, value);
             }
         }
+        let proxy_authorization = match claim.environment {
+            Environment::Sandbox => &self.proxy_authorization[0],
+            Environment::Production => &self.proxy_authorization[1],
+        };
+        if let Some(value) = proxy_authorization {
+            request = request.header(PROXY_AUTHORIZATION, value.clone());
+        }
         let request = request
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(CONTENT_LENGTH, claim.body.len())
@@ -427,12 +443,23 @@ fn client(config: &Config) -> Result<Client, ClientError> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.delivery_timeout));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &config.accelerate_ca {
+        // Checked when the configuration was read.
+        roots.add_parsable_certificates(ca.certificates.iter().cloned());
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(Connector::new(http, &config.proxies));
     Ok(
         hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.delivery_concurrency)
@@ -493,6 +520,26 @@ impl Answer {
             causes.push_str(": ");
             causes.push_str(&c.to_string());
             cause = c.source();
+        }
+        if let Some(proxy) = egress::proxy_error(e) {
+            return Answer {
+                status: None,
+                kind: AttemptKind::Proxy,
+                error: Some(proxy.to_string()),
+                retry_after: None,
+            };
+        }
+        if egress::tls_error(e).is_some() {
+            return Answer {
+                status: None,
+                kind: AttemptKind::Tls,
+                error: Some(format!(
+                    "TLS with Accelerate failed{causes}; check that the URL's host name is on \
+                     Accelerate's certificate and that its CA is trusted (bundled roots, or \
+                     RELAY_ACCELERATE_CA_FILE)"
+                )),
+                retry_after: None,
+            };
         }
         if e.is_connect() {
             return Answer {

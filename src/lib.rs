@@ -11,6 +11,7 @@ pub mod activity;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod egress;
 pub mod event;
 pub mod http;
 pub mod metrics;

@@ -562,11 +562,16 @@ pub enum AttemptKind {
     Http5xx,
     Timeout,
     Connect,
+    /// The TLS handshake failed: an untrusted or expired certificate, a
+    /// wrong host name, a server that does not speak TLS.
+    Tls,
+    /// The egress proxy could not be reached or refused the tunnel.
+    Proxy,
     Other,
 }
 
 impl AttemptKind {
-    pub const ALL: [AttemptKind; 8] = [
+    pub const ALL: [AttemptKind; 10] = [
         AttemptKind::Delivered,
         AttemptKind::Http3xx,
         AttemptKind::Http4xx,
@@ -574,6 +579,8 @@ impl AttemptKind {
         AttemptKind::Http5xx,
         AttemptKind::Timeout,
         AttemptKind::Connect,
+        AttemptKind::Tls,
+        AttemptKind::Proxy,
         AttemptKind::Other,
     ];
 
@@ -586,6 +593,8 @@ impl AttemptKind {
             AttemptKind::Http5xx => "http_5xx",
             AttemptKind::Timeout => "timeout",
             AttemptKind::Connect => "connect",
+            AttemptKind::Tls => "tls",
+            AttemptKind::Proxy => "proxy",
             AttemptKind::Other => "other",
         }
     }
