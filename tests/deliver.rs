@@ -691,7 +691,7 @@ async fn connect_failure(app: &TestApp, event_id: &str) -> String {
 
 /// What went wrong is recorded as the kind the history and metrics name, with
 /// its cause: a refused connection, a TLS URL whose server does not speak TLS
-/// (nothing reaches it as a request), no answer in time.
+/// (`tls`: nothing reaches it as a request), no answer in time.
 async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     let closed = process::free_port();
     let refused = format!("http://127.0.0.1:{closed}/webhooks/checkoutdotcom");
@@ -710,9 +710,15 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     app.send("production", approved_event("evt_not_tls")).await;
     let refused = connect_failure(&app, "evt_refused").await;
     assert!(refused.contains("refused"), "{refused}");
-    // The TLS handshake is part of connecting; its own error says why.
-    let not_tls = connect_failure(&app, "evt_not_tls").await;
-    assert!(!not_tls.contains("refused"), "{not_tls}");
+    // A failed TLS handshake is an outcome of its own, saying what to check.
+    let (kind, not_tls) = outcomes(history_of(&app, "evt_not_tls", 1).await).remove(0);
+    assert_eq!(kind, "tls", "{not_tls}");
+    assert!(
+        not_tls.starts_with("TLS with Accelerate failed: ")
+            && not_tls.contains("RELAY_ACCELERATE_CA_FILE")
+            && !not_tls.contains("refused"),
+        "{not_tls}"
+    );
     assert!(plain.received().is_empty(), "no request over plain HTTP");
     app.stop().await;
 

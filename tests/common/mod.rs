@@ -7,6 +7,7 @@ pub mod db;
 pub mod mock;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 /// Runs each named `async fn(Backend)` as two tests, `sqlite::NAME` and
 /// `postgres::NAME`: one suite, both stores.
