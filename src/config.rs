@@ -14,6 +14,7 @@ use crate::event::Environment;
 use crate::retry::RetrySchedule;
 use crate::secret::{KeyRing, Secret};
 use crate::source::{parse_networks, SourcePolicy};
+use crate::tls::TlsFiles;
 use crate::verify::Credentials;
 
 pub const SANDBOX_URL: &str = "https://sbx.api.weaccelerate.com/webhooks/checkoutdotcom";
@@ -48,6 +49,10 @@ pub struct Config {
     pub accelerate_ca: Option<CaBundle>,
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` (either case).
     pub proxies: Proxies,
+    /// With `RELAY_TLS_CERT` and `RELAY_TLS_KEY`: the webhook port serves HTTPS only.
+    pub tls: Option<TlsFiles>,
+    /// The admin listener's pair: its own variables, else the webhook port's.
+    pub admin_tls: Option<TlsFiles>,
 }
 
 /// `Environment` as a map key with a stable order (sandbox first).
@@ -118,6 +123,9 @@ pub enum ConfigError {
     NoEnvironment,
     #[error("could not read the environment: {0}")]
     Env(String),
+    /// A certificate pair that does not load; the message names the variable.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The variables as strings; envy maps `relay_listen` to `RELAY_LISTEN`.
@@ -148,6 +156,10 @@ struct Raw {
     relay_allowed_sources: Option<String>,
     relay_trusted_proxies: Option<String>,
     relay_accelerate_ca_file: Option<String>,
+    relay_tls_cert: Option<String>,
+    relay_tls_key: Option<String>,
+    relay_admin_tls_cert: Option<String>,
+    relay_admin_tls_key: Option<String>,
 }
 
 impl Config {
@@ -231,6 +243,41 @@ impl DatabaseConfig {
         let vars = std::env::vars().filter(|(_, v)| !v.trim().is_empty());
         let raw: Raw = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
         raw.database()
+    }
+}
+
+/// A certificate and key pair: both or neither, and (read now, so a bad pair
+/// stops start-up rather than the first handshake) one that loads.
+fn tls_files(
+    cert: Option<String>,
+    cert_var: &'static str,
+    key: Option<String>,
+    key_var: &'static str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            cert_var,
+            key_var,
+        },
+        (Some(_), None) => {
+            return Err(invalid(
+                key_var,
+                format!("{cert_var} is set but {key_var} is not: set both (the certificate chain and its key) or neither"),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                cert_var,
+                format!("{key_var} is set but {cert_var} is not: set both (the certificate chain and its key) or neither"),
+            ))
+        }
+    };
+    match files.load() {
+        Ok(_) => Ok(Some(files)),
+        Err(e) => Err(ConfigError::Tls(e)),
     }
 }
 
@@ -345,7 +392,33 @@ impl Raw {
             None => None,
         };
 
+        let tls = tls_files(
+            self.relay_tls_cert,
+            "RELAY_TLS_CERT",
+            self.relay_tls_key,
+            "RELAY_TLS_KEY",
+        )?;
+        let admin_listen = address(self.relay_admin_listen, "RELAY_ADMIN_LISTEN")?;
+        let admin_tls =
+            match tls_files(
+                self.relay_admin_tls_cert,
+                "RELAY_ADMIN_TLS_CERT",
+                self.relay_admin_tls_key,
+                "RELAY_ADMIN_TLS_KEY",
+            )? {
+                Some(_) if admin_listen.is_none() => return Err(invalid(
+                    "RELAY_ADMIN_TLS_CERT",
+                    "is set but RELAY_ADMIN_LISTEN is not: the admin API is on the webhook port, \
+                     served with RELAY_TLS_CERT; set RELAY_ADMIN_LISTEN or unset the admin pair",
+                )),
+                Some(files) => Some(files),
+                None => tls.clone().filter(|_| admin_listen.is_some()),
+            };
+
         Ok(Config {
+            tls,
+            admin_tls,
+            admin_listen,
             accelerate_ca,
             proxies: Proxies::default(),
             sources,
@@ -383,7 +456,6 @@ impl Raw {
             },
             lease,
             admin_token: self.relay_admin_token.map(Secret::new),
-            admin_listen: address(self.relay_admin_listen, "RELAY_ADMIN_LISTEN")?,
             console_secure_cookie: match self.relay_console_secure_cookie.as_deref().map(str::trim)
             {
                 None | Some("true") => true,

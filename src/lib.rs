@@ -22,6 +22,7 @@ pub mod source;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;
 
 use std::net::TcpListener;
@@ -69,6 +70,9 @@ pub enum StartError {
     Server(std::io::Error),
     #[error("could not build the HTTP client for Accelerate: {0}")]
     Client(#[from] deliver::ClientError),
+    /// A certificate pair that does not load; the message names the variable.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Application {
@@ -105,9 +109,28 @@ impl Application {
             None => None,
         };
         let metrics = Metrics::new();
+        let (stop, stopped) = watch::channel(false);
+        let certificates = |files: &Option<tls::TlsFiles>, listener: &'static str| {
+            let Some(files) = files else {
+                return Ok(None);
+            };
+            let loaded = files.load().map_err(StartError::Tls)?;
+            let certificates = Arc::new(tls::Certificates::new(files.clone(), loaded));
+            certificates.report_to(metrics.tls_expiry(listener));
+            tokio::spawn(Arc::clone(&certificates).watch(listener, stopped.clone()));
+            Ok::<_, StartError>(Some(certificates))
+        };
+        let tls = certificates(&config.tls, "webhooks")?;
+        let admin_tls = match (&config.admin_tls, &tls) {
+            // One pair for both listeners: one watcher.
+            (Some(files), Some(webhooks)) if files == webhooks.files() => {
+                webhooks.report_to(metrics.tls_expiry("admin"));
+                Some(Arc::clone(webhooks))
+            }
+            (files, _) => certificates(files, "admin")?,
+        };
 
         let wake = Arc::new(Notify::new());
-        let (stop, stopped) = watch::channel(false);
         let health = Health::default();
         // Room for a round of attempts: beyond it, events go to the poller.
         let (handoff, handed) = tokio::sync::mpsc::channel(config.delivery_concurrency);
@@ -142,8 +165,18 @@ impl Application {
             wake,
             handoff,
         };
-        let (server, admin_server) =
-            http::servers(listener, admin_listener, state).map_err(StartError::Server)?;
+        let (server, admin_server) = http::servers(
+            http::Listener {
+                socket: listener,
+                tls,
+            },
+            admin_listener.map(|socket| http::Listener {
+                socket,
+                tls: admin_tls,
+            }),
+            state,
+        )
+        .map_err(StartError::Server)?;
         tracing::info!(
             port,
             admin_port,

@@ -25,6 +25,7 @@ pub const DELIVERIES: &str = "accelerate_relay_deliveries";
 pub const OLDEST_PENDING: &str = "accelerate_relay_oldest_pending_age_seconds";
 pub const STORE_UP: &str = "accelerate_relay_store_up";
 pub const BUILD_INFO: &str = "accelerate_relay_build_info";
+pub const TLS_EXPIRY: &str = "accelerate_relay_tls_certificate_expiry_timestamp_seconds";
 
 /// Every answer of the receive path, as `result` labels: the contract's
 /// codes, the transport answers the relay gives itself, and other paths.
@@ -55,6 +56,8 @@ const WEBHOOK_ENVIRONMENTS: [&str; 3] = ["sandbox", "production", "none"];
 
 pub struct Metrics {
     handle: PrometheusHandle,
+    /// Kept to register series known only later (a listener's certificate).
+    recorder: metrics_exporter_prometheus::PrometheusRecorder,
     webhooks: Vec<Counter>,
     webhook_duration: Histogram,
     attempts: Vec<Counter>,
@@ -133,6 +136,10 @@ impl Metrics {
             "1 when the store answered the scrape's queries, else 0.",
         );
         r.describe_gauge(BUILD_INFO, "The relay's version, as a label; always 1.");
+        r.describe_gauge(
+            TLS_EXPIRY,
+            "When the certificate a listener serves expires (notAfter, seconds since the epoch); only with RELAY_TLS_CERT.",
+        );
 
         let webhooks = WEBHOOK_ENVIRONMENTS
             .iter()
@@ -172,7 +179,14 @@ impl Metrics {
                 .map(|e| r.gauge(OLDEST_PENDING, &[("environment", e.as_str())])),
             store_up: r.gauge(STORE_UP, &[]),
             activity: Activity::default(),
+            recorder,
         })
+    }
+
+    /// The expiry gauge of a listener that serves TLS (`webhooks`, `admin`);
+    /// absent for a listener that does not, so no alert sees a 0.
+    pub fn tls_expiry(&self, listener: &'static str) -> Gauge {
+        Registrar(&self.recorder).gauge(TLS_EXPIRY, &[("listener", listener)])
     }
 
     /// One answer of the receive path.

@@ -35,16 +35,24 @@ pub struct AppState {
     pub handoff: tokio::sync::mpsc::Sender<crate::store::Claimed>,
 }
 
-/// Headers (request line and headers) must arrive within this; slow clients are cut off.
+/// Headers (request line and headers) must arrive within this; slow clients
+/// are cut off. A TLS handshake gets as long again.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bound socket and, with a certificate pair configured, the certificates
+/// it serves HTTPS with (HTTPS only).
+pub struct Listener {
+    pub socket: TcpListener,
+    pub tls: Option<Arc<crate::tls::Certificates>>,
+}
 
 /// The webhook server and, with `RELAY_ADMIN_LISTEN`, the admin server. The
 /// admin API, `/metrics` (and the console) are served on the admin listener
 /// only when there is one, else on the webhook port; the admin API only with
 /// `RELAY_ADMIN_TOKEN` set. The probes stay on the webhook port.
 pub fn servers(
-    listener: TcpListener,
-    admin_listener: Option<TcpListener>,
+    listener: Listener,
+    admin_listener: Option<Listener>,
     state: AppState,
 ) -> std::io::Result<(Server, Option<Server>)> {
     let grace = state.config.shutdown_grace.as_secs().max(1);
@@ -120,7 +128,7 @@ pub fn servers(
 fn listen<F, T, B>(
     builder: actix_server::ServerBuilder,
     name: &str,
-    listener: TcpListener,
+    listener: Listener,
     app: F,
     metrics: Option<Arc<Metrics>>,
 ) -> std::io::Result<actix_server::ServerBuilder>
@@ -135,8 +143,17 @@ where
         > + 'static,
     B: actix_web::body::MessageBody + 'static,
 {
-    let addr = listener.local_addr()?;
-    builder.listen(name, listener, move || {
+    let addr = listener.socket.local_addr()?;
+    let tls = match &listener.tls {
+        Some(certificates) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            certificates
+                .server_config()
+                .map_err(std::io::Error::other)?,
+        ))),
+        None => None,
+    };
+    builder.listen(name, listener.socket, move || {
+        let tls = tls.clone();
         let metrics = metrics.clone();
         let app = app()
             .into_factory()
@@ -153,9 +170,27 @@ where
             // which the relay does not use (actix keeps their setter private).
             .h1(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: actix_web::rt::net::TcpStream| {
-            let connection = transport::Connection::new(io, metrics.clone());
-            let peer = connection.peer();
-            std::future::ready(Ok::<_, DispatchError>((connection, peer)))
+            let (tls, metrics) = (tls.clone(), metrics.clone());
+            async move {
+                let peer = io.peer_addr().ok();
+                let stream = match tls {
+                    None => transport::Stream::Plain(io),
+                    // A handshake that fails (plain HTTP to this port, an
+                    // old TLS version) or stalls ends the connection.
+                    Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(io)).await {
+                        Ok(Ok(tls)) => transport::Stream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+                            return Err(DispatchError::Io(e));
+                        }
+                        Err(_) => {
+                            return Err(DispatchError::Io(std::io::ErrorKind::TimedOut.into()))
+                        }
+                    },
+                };
+                let connection = transport::Connection::new(stream, peer, metrics);
+                Ok::<_, DispatchError>((connection, peer))
+            }
         })
         .and_then(h1)
     })

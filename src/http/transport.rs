@@ -34,9 +34,55 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
+/// The bytes under a connection: plain TCP, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connection to the webhook port or the admin port.
 pub struct Connection {
-    io: TcpStream,
+    io: Stream,
     peer: Option<SocketAddr>,
     /// Where the parser's refusals are counted: the webhook port's only.
     metrics: Option<Arc<Metrics>>,
@@ -49,8 +95,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(io: TcpStream, metrics: Option<Arc<Metrics>>) -> Self {
-        let peer = io.peer_addr().ok();
+    pub fn new(io: Stream, peer: Option<SocketAddr>, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             io,
             peer,
