@@ -49,6 +49,11 @@ enum Command {
         /// The webhook's signature key.
         #[arg(long)]
         signature_key: String,
+        /// A PEM file of CA certificates to trust for an https:// URL, beside
+        /// the bundled roots (a relay whose certificate is from a private CA,
+        /// or self-signed).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -112,9 +117,17 @@ pub fn main() -> ExitCode {
             url,
             authorization,
             signature_key,
+            ca_file,
             files,
-        } => runtime()
-            .and_then(|rt| rt.block_on(replay(&url, &authorization, &signature_key, &files))),
+        } => runtime().and_then(|rt| {
+            rt.block_on(replay(
+                &url,
+                &authorization,
+                &signature_key,
+                ca_file.as_deref(),
+                &files,
+            ))
+        }),
         Command::Deliveries { command } => {
             runtime().and_then(|rt| rt.block_on(deliveries(command)))
         }
@@ -240,11 +253,29 @@ async fn replay(
     url: &str,
     authorization: &str,
     signature_key: &str,
+    ca_file: Option<&std::path::Path>,
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()?;
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(15));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ca-file: could not read {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "--ca-file: {} is not a PEM certificate bundle",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "--ca-file: {} holds no certificate",
+            path.display()
+        );
+        for certificate in certificates {
+            client = client.add_root_certificate(certificate);
+        }
+    }
+    let client = client.build()?;
     let mut refused = 0;
     for path in files {
         let body = read_file(path)?;
@@ -398,6 +429,17 @@ async fn healthcheck() -> anyhow::Result<()> {
             std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
+    }
+    // A relay serving HTTPS is probed over TLS, trusting the certificate it
+    // is configured with (its name is rarely localhost).
+    if let Some(cert) = std::env::var_os("RELAY_TLS_CERT").filter(|c| !c.is_empty()) {
+        let status = crate::tls::probe_healthz(addr, std::path::Path::new(&cert))
+            .await
+            .map_err(|e| anyhow::anyhow!("https://{addr}/healthz does not answer: {e}"))?;
+        if !(200..300).contains(&status) {
+            bail!("https://{addr}/healthz answered {status}");
+        }
+        return Ok(());
     }
     let url = format!("http://{addr}/healthz");
     let response = reqwest::Client::builder()
