@@ -459,13 +459,34 @@ async fn metrics_count_every_answer_and_attempt(backend: Backend) {
 }
 
 /// Every metric the alert rules and the dashboard use exists on a real
-/// relay's /metrics after real traffic, so they cannot drift apart.
+/// relay's /metrics after real traffic, so they cannot drift apart. The
+/// relay serves HTTPS, so the certificate's metric is there too.
 #[tokio::test]
 async fn alert_rules_and_dashboard_use_only_metrics_that_exist() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    app.send("sandbox", approved_event("evt_names")).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = common::tls::TestCa::new("relay CA");
+    let (cert, key) = ca.write_pair(dir.path(), "relay", &["localhost"], (2031, 6, 1));
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("RELAY_TLS_CERT", cert.to_str().expect("path")),
+            ("RELAY_TLS_KEY", key.to_str().expect("path")),
+        ],
+    )
+    .await;
+    let base = app.address.replace("http://127.0.0.1", "https://localhost");
+    let client = ca.client();
+    let sent = post_signed(&client, &base, "sandbox", approved_event("evt_names")).await;
+    assert_eq!(sent.expect("https answer").status(), 200);
     assert!(app.reaches_status("evt_names", "delivered", WAIT).await);
-    let text = app.metrics_text().await;
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
     let exposed: std::collections::HashSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

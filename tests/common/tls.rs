@@ -32,6 +32,46 @@ impl TestCa {
         path
     }
 
+    /// A certificate for `names` valid until `not_after` (year, month, day),
+    /// and its key, as PEM files `{stem}.crt` and `{stem}.key` in `dir`.
+    /// The certificate file holds the chain: the leaf, then this CA.
+    pub fn write_pair(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        not_after: (i32, u8, u8),
+    ) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf cert");
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.cert.pem()))
+            .expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+
+    /// A client that trusts this CA (and keeps each connection's TLS details).
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.cert.pem().as_bytes()).expect("ca pem"),
+            )
+            .tls_info(true)
+            .build()
+            .expect("client")
+    }
+
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server_config(&self, names: &[&str]) -> rustls::ServerConfig {
         let params =
