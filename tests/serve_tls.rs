@@ -468,3 +468,74 @@ async fn healthcheck_and_replay_speak_https() {
         .await;
     app.stop().await;
 }
+
+/// The binary, as an operator runs it: a renewal to a pair that does not
+/// match is logged once at `error`, naming the variable, with no key in it.
+#[tokio::test]
+async fn a_broken_renewal_is_logged_once_at_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("relay CA");
+    let (cert, key) = ca.write_pair(dir.path(), "relay", &["localhost"], (2031, 6, 1));
+    let port = process::free_port();
+    let log_path = dir.path().join("relay.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = tokio::process::Command::new(process::BINARY)
+        .env_clear()
+        .envs([
+            ("RELAY_LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "RELAY_DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("relay.db").display()),
+            ),
+            ("CKO_SANDBOX_AUTHORIZATION_KEY", SANDBOX_AUTH.to_owned()),
+            ("CKO_SANDBOX_SIGNATURE_KEY", SANDBOX_SIG.to_owned()),
+            ("RELAY_TLS_CERT", path(&cert).to_owned()),
+            ("RELAY_TLS_KEY", path(&key).to_owned()),
+        ])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the relay");
+    let client = ca.client();
+    let healthz = format!("https://localhost:{port}/healthz");
+    let up = eventually(WAIT, || async {
+        client
+            .get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(up, "the relay did not come up over HTTPS");
+
+    // Another certificate over the same file, with the old key.
+    let (other, _) = ca.write_pair(dir.path(), "other", &["localhost"], (2031, 6, 1));
+    std::fs::copy(&other, &cert).expect("replace the certificate");
+    tokio::time::sleep(RENEWAL + Duration::from_secs(2)).await;
+    assert_eq!(
+        client
+            .get(&healthz)
+            .send()
+            .await
+            .expect("still served")
+            .status(),
+        200
+    );
+    let _ = child.kill().await;
+
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("the previous certificate is still served")
+            && errors[0].contains("RELAY_TLS_KEY: the key in")
+            && errors[0].contains("is not the key of the certificate"),
+        "{}",
+        errors[0]
+    );
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
