@@ -79,6 +79,8 @@ impl Events {
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
+    /// HTTPS (to `localhost`) with this client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What one load phase saw.
@@ -112,11 +114,27 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
+    async fn open(target: &Target) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(target.addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let sender = match &target.tls {
+            None => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
+                    .connect(name, stream)
+                    .await?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
         Ok(Self { sender })
     }
 
@@ -141,9 +159,9 @@ impl Connection {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Connection {
+async fn connect(target: &Target) -> Connection {
     loop {
-        match Connection::open(addr).await {
+        match Connection::open(target).await {
             Ok(c) => return c,
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
@@ -167,7 +185,7 @@ pub async fn closed_loop(
             let (target, events, next) = (target.clone(), Arc::clone(events), Arc::clone(&next));
             let end = range.end;
             tokio::spawn(async move {
-                let mut conn = connect(target.addr).await;
+                let mut conn = connect(&target).await;
                 let mut out = Outcome::default();
                 while started.elapsed() < duration {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +196,7 @@ pub async fn closed_loop(
                     events.sent_at[i].store(clock.micros(), Ordering::Relaxed);
                     record(&mut out, conn.send(&target, &events, i).await, t0.elapsed());
                     if out.failed > 0 && out.failed % 1000 == 1 {
-                        conn = connect(target.addr).await;
+                        conn = connect(&target).await;
                     }
                 }
                 out
@@ -209,7 +227,7 @@ pub async fn open_loop(
         .map(|c| {
             let (target, events) = (target.clone(), Arc::clone(events));
             tokio::spawn(async move {
-                let mut conn = connect(target.addr).await;
+                let mut conn = connect(&target).await;
                 let mut out = Outcome::default();
                 for k in (c..total).step_by(connections) {
                     let scheduled = start + interval * k as u32;
@@ -220,7 +238,7 @@ pub async fn open_loop(
                     // From the scheduled time: lateness counts as latency.
                     record(&mut out, result, scheduled.elapsed());
                     if out.failed > 0 && out.failed % 1000 == 1 {
-                        conn = connect(target.addr).await;
+                        conn = connect(&target).await;
                     }
                 }
                 out
@@ -260,7 +278,12 @@ async fn merge(tasks: Vec<tokio::task::JoinHandle<Outcome>>) -> Outcome {
 
 /// One GET, for readiness checks.
 pub async fn get_ok(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut conn) = Connection::open(addr).await else {
+    let plain = Target {
+        addr,
+        path: path.to_owned(),
+        tls: None,
+    };
+    let Ok(mut conn) = Connection::open(&plain).await else {
         return false;
     };
     let Ok(request) = Request::get(path)

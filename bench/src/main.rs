@@ -59,6 +59,12 @@ struct Args {
     /// The relay binary to measure (the release build unless told otherwise).
     #[arg(long)]
     relay_binary: Option<std::path::PathBuf>,
+    /// Pinned mode: each round also runs the relay on SQLite with HTTPS
+    /// (keep-alive, a CA made for the run) on each side in turn: delivering
+    /// to an HTTPS Accelerate, and receiving webhooks over HTTPS
+    /// (RELAY_TLS_CERT); beside the plain-HTTP phase.
+    #[arg(long)]
+    tls: bool,
 }
 
 const WEBHOOK: &str = "/webhooks/checkoutdotcom/sandbox";
@@ -188,6 +194,7 @@ async fn ceiling(
         let target = Target {
             addr: nginx.addr,
             path: path.into(),
+            tls: None,
         };
         eprintln!("{name}: {} s at full speed…", args.seconds);
         let cpu0 = nginx.cpu_seconds();
@@ -236,6 +243,7 @@ async fn relay_run(
     let target = Target {
         addr: relay.addr,
         path: WEBHOOK.into(),
+        tls: None,
     };
 
     eprintln!("{name}: {} events/s for {} s…", args.rate, args.seconds);
@@ -389,6 +397,7 @@ async fn scale_run(
     let target = Target {
         addr: relay.addr,
         path: WEBHOOK.into(),
+        tls: None,
     };
     eprintln!(
         "scale: {} events/s for {} s with {} rows stored…",

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::load::{closed_loop, open_loop, Clock, Events, Target};
-use crate::mock::Mock;
-use crate::procs::{postgres_cpu_seconds, settle_disk, start_nginx, start_relay, ThreadGroup};
+use crate::mock::{Mock, MockTls};
+use crate::procs::{postgres_cpu_seconds, settle_disk, start_nginx, start_relay_with, ThreadGroup};
 use crate::{create_pg_database, drop_pg_database, wait_arrived, Args, WEBHOOK};
 
 /// One server's phase in one round.
@@ -38,7 +38,11 @@ pub async fn run(
     clock: Clock,
     work: &tempfile::TempDir,
 ) -> anyhow::Result<()> {
-    let mut rounds: Vec<[Option<Phase>; 3]> = Vec::new();
+    let mut rounds: Vec<[Option<Phase>; 5]> = Vec::new();
+    let tls = match args.tls {
+        true => Some(MockTls::new(work.path())?),
+        false => None,
+    };
     for round in 1..=args.rounds {
         eprintln!("round {round} of {}", args.rounds);
         let ceiling = proxy_phase(args, events, clock, work, round).await?;
@@ -46,13 +50,29 @@ pub async fn run(
             "sqlite://{}",
             work.path().join(format!("pinned-{round}.db")).display()
         );
-        let sqlite = relay_phase(args, events, clock, work, &sqlite_url, false).await?;
+        let sqlite = relay_phase(args, events, clock, work, &sqlite_url, false, Https::No).await?;
+        let mut https = [None, None];
+        if let Some(tls) = &tls {
+            for (slot, side) in [Https::ToAccelerate(tls), Https::FromCheckout(tls)]
+                .into_iter()
+                .enumerate()
+            {
+                let url = format!(
+                    "sqlite://{}",
+                    work.path()
+                        .join(format!("pinned-tls-{round}-{slot}.db"))
+                        .display()
+                );
+                https[slot] =
+                    Some(relay_phase(args, events, clock, work, &url, false, side).await?);
+            }
+        }
         let postgres = if args.no_postgres {
             None
         } else {
             match create_pg_database(&args.postgres).await {
                 Ok((url, name)) => {
-                    let phase = relay_phase(args, events, clock, work, &url, true).await;
+                    let phase = relay_phase(args, events, clock, work, &url, true, Https::No).await;
                     drop_pg_database(&args.postgres, &name).await;
                     Some(phase?)
                 }
@@ -62,7 +82,7 @@ pub async fn run(
                 }
             }
         };
-        rounds.push([ceiling, Some(sqlite), postgres]);
+        rounds.push([ceiling, Some(sqlite), postgres, https[0], https[1]]);
     }
     print(args, &rounds);
     if args.smoke {
@@ -102,6 +122,7 @@ async fn proxy_phase(
     let target = Target {
         addr: nginx.addr,
         path: "/proxy".into(),
+        tls: None,
     };
     let cpu0 = nginx.cpu_seconds();
     let out = closed_loop(
@@ -126,6 +147,16 @@ async fn proxy_phase(
     }))
 }
 
+/// Which side of a relay phase speaks HTTPS, if any.
+#[derive(Clone, Copy)]
+enum Https<'a> {
+    No,
+    /// Deliveries go to an HTTPS mock (RELAY_ACCELERATE_CA_FILE trusts it).
+    ToAccelerate(&'a MockTls),
+    /// The relay serves the webhooks over HTTPS (RELAY_TLS_CERT).
+    FromCheckout(&'a MockTls),
+}
+
 /// The fixed-rate phase (for p99), then full speed (for rate and CPU).
 async fn relay_phase(
     args: &Args,
@@ -134,18 +165,38 @@ async fn relay_phase(
     work: &tempfile::TempDir,
     database_url: &str,
     postgres: bool,
+    https: Https<'_>,
 ) -> anyhow::Result<Phase> {
     settle_disk();
-    let mock = Mock::start(events.bodies.len(), clock).await?;
-    let log = work.path().join(if postgres {
-        "pinned-pg.log"
-    } else {
-        "pinned-sqlite.log"
+    let to_accelerate = match https {
+        Https::ToAccelerate(tls) => Some(tls),
+        _ => None,
+    };
+    let mock = Mock::start_with(events.bodies.len(), clock, to_accelerate).await?;
+    let log = work.path().join(match (postgres, https) {
+        (true, _) => "pinned-pg.log",
+        (false, Https::No) => "pinned-sqlite.log",
+        (false, Https::ToAccelerate(_)) => "pinned-sqlite-tls-out.log",
+        (false, Https::FromCheckout(_)) => "pinned-sqlite-tls-in.log",
     });
-    let relay = start_relay(database_url, &mock.url(), &log).await?;
+    let file = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let extra: Vec<(&str, String)> = match https {
+        Https::No => vec![],
+        Https::ToAccelerate(tls) => vec![("RELAY_ACCELERATE_CA_FILE", file(&tls.ca_file))],
+        Https::FromCheckout(tls) => vec![
+            ("RELAY_TLS_CERT", file(&tls.cert_file)),
+            ("RELAY_TLS_KEY", file(&tls.key_file)),
+        ],
+    };
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let relay = start_relay_with(database_url, &mock.url(), &log, &extra).await?;
     let target = Target {
         addr: relay.addr,
         path: WEBHOOK.into(),
+        tls: match https {
+            Https::FromCheckout(tls) => Some(Arc::clone(&tls.client)),
+            _ => None,
+        },
     };
     let seconds = Duration::from_secs(args.seconds);
     let fixed = open_loop(
@@ -191,11 +242,13 @@ async fn relay_phase(
     })
 }
 
-fn print(args: &Args, rounds: &[[Option<Phase>; 3]]) {
-    const NAMES: [&str; 3] = [
+fn print(args: &Args, rounds: &[[Option<Phase>; 5]]) {
+    const NAMES: [&str; 5] = [
         "nginx proxy_pass (1 worker)",
         "relay, SQLite",
         "relay, PostgreSQL",
+        "relay, SQLite, HTTPS to Accelerate",
+        "relay, SQLite, HTTPS from Checkout.com",
     ];
     println!();
     println!(

@@ -165,6 +165,17 @@ async fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<
     bail!("{what} did not come up on {addr}")
 }
 
+async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the relay did not come up on {addr}")
+}
+
 static RELAY_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// The CPU servers under test are started on (pinned mode).
 static SERVER_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -242,6 +253,16 @@ pub fn relay_binary() -> anyhow::Result<PathBuf> {
 
 /// The relay's release build on `database_url`, forwarding sandbox events to `accelerate`.
 pub async fn start_relay(database_url: &str, accelerate: &str, log: &Path) -> anyhow::Result<Proc> {
+    start_relay_with(database_url, accelerate, log, &[]).await
+}
+
+/// As `start_relay`, with more variables (`RELAY_ACCELERATE_CA_FILE`).
+pub async fn start_relay_with(
+    database_url: &str,
+    accelerate: &str,
+    log: &Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
     let addr = free_addr()?;
     let log = std::fs::File::create(log)?;
     let mut command = server_command(&relay_binary()?);
@@ -256,13 +277,19 @@ pub async fn start_relay(database_url: &str, accelerate: &str, log: &Path) -> an
         .env("CKO_SANDBOX_AUTHORIZATION_KEY", AUTH)
         .env("CKO_SANDBOX_SIGNATURE_KEY", SIG_KEY)
         .env("ACCELERATE_SANDBOX_URL", accelerate)
+        .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("start the relay")?;
     let relay = Proc { child, addr };
-    wait_ready(addr, "/readyz", "the relay").await?;
+    if extra.iter().any(|(k, _)| *k == "RELAY_TLS_CERT") {
+        // HTTPS only: listening is ready enough (the store opens before).
+        wait_listening(addr).await?;
+    } else {
+        wait_ready(addr, "/readyz", "the relay").await?;
+    }
     Ok(relay)
 }
 
