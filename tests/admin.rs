@@ -479,14 +479,7 @@ async fn alert_rules_and_dashboard_use_only_metrics_that_exist() {
     let sent = post_signed(&client, &base, "sandbox", approved_event("evt_names")).await;
     assert_eq!(sent.expect("https answer").status(), 200);
     assert!(app.reaches_status("evt_names", "delivered", WAIT).await);
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = get_text(&client, &format!("{base}/metrics")).await;
     let exposed: std::collections::HashSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

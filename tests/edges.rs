@@ -13,14 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PATH: &str = "/webhooks/checkoutdotcom/sandbox";
 
-fn port(app: &TestApp) -> u16 {
-    app.address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 /// Writes `request` whole, then reads every answer until the relay closes
 /// (or 10 s pass): the raw bytes, as text.
 async fn exchange(port: u16, request: &[u8]) -> String {
@@ -178,7 +170,7 @@ async fn a_2xx_whose_body_stalls_is_delivered_once() {
 #[tokio::test]
 async fn a_second_signature_or_authorization_line_is_refused() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let port = port(&app);
+    let port = app.port();
     let good = sign(SANDBOX_SIG, &approved_event("evt_dup"));
     let cases = [
         (
@@ -246,7 +238,7 @@ async fn a_second_signature_or_authorization_line_is_refused() {
 #[tokio::test]
 async fn nothing_after_a_closing_answer_is_processed() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let port = port(&app);
+    let port = app.port();
     let cases: [(&str, Vec<u8>, u16); 3] = [
         (
             "connection close",
@@ -312,7 +304,7 @@ async fn nothing_after_a_closing_answer_is_processed() {
 #[tokio::test]
 async fn edge_refusals_have_their_own_status() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let port = port(&app);
+    let port = app.port();
 
     let long = format!(
         "GET /{} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n",

@@ -332,20 +332,7 @@ fn egress_settings_that_cannot_work_are_refused_at_start() {
     let dir = tempfile::tempdir().expect("dir");
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "just text\n").expect("write");
-    let base = [
-        ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
-        ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
-    ];
-    let error = |extra: &[(&str, &str)]| -> String {
-        let vars = base
-            .iter()
-            .chain(extra)
-            .map(|(k, v)| (k.to_string(), v.to_string()));
-        match Config::from_vars(vars) {
-            Ok(_) => panic!("{extra:?} was accepted"),
-            Err(e) => e.to_string(),
-        }
-    };
+    let error = config_error;
     let missing = dir.path().join("missing.pem");
     let e = error(&[("RELAY_ACCELERATE_CA_FILE", missing.to_str().expect("path"))]);
     assert!(
@@ -373,10 +360,13 @@ fn egress_settings_that_cannot_work_are_refused_at_start() {
     );
 
     // The same value in both spellings is one setting.
-    let vars = base
-        .iter()
-        .chain(&[("HTTPS_PROXY", "proxy:3128"), ("https_proxy", "proxy:3128")])
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let vars = [
+        ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+        ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+        ("HTTPS_PROXY", "proxy:3128"),
+        ("https_proxy", "proxy:3128"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
     let config = Config::from_vars(vars).expect("accepted");
     assert_eq!(
         config.proxies.https.expect("set").shown(),

@@ -11,14 +11,6 @@ use tokio::net::TcpStream;
 
 const PATH: &str = "/webhooks/checkoutdotcom/sandbox";
 
-fn port(app: &TestApp) -> u16 {
-    app.address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 /// Writes raw bytes and returns the status code of the first answer (0 if the
 /// connection closed without one).
 async fn raw(port: u16, request: &[u8]) -> u16 {
@@ -57,7 +49,7 @@ async fn answer_of(stream: &mut TcpStream) -> (u16, String) {
 #[tokio::test]
 async fn the_parsers_refusals_get_a_json_body_and_are_counted() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let port = port(&app);
+    let port = app.port();
     let body = approved_event("evt_parser");
     let send = |request: Vec<u8>| async move {
         let mut stream = TcpStream::connect(("127.0.0.1", port))
@@ -145,7 +137,7 @@ async fn assert_responsive(app: &TestApp, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_slow_clients_do_not_stop_real_webhooks() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let port = port(&app);
+    let port = app.port();
     let mut trickling = Vec::new();
     for i in 0..300 {
         let mut stream = TcpStream::connect(("127.0.0.1", port))
@@ -188,7 +180,7 @@ async fn hundreds_of_slow_clients_do_not_stop_real_webhooks() {
 #[tokio::test]
 async fn malformed_http_gets_a_4xx_and_nothing_is_stored() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let port = port(&app);
+    let port = app.port();
     let body = approved_event("evt_hostile");
 
     // A request head over 128 KiB (actix-http's limit).

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use accelerate_relay::config::Config;
 use common::tls::TestCa;
 use common::*;
 use rustls::pki_types::pem::PemObject;
@@ -22,14 +21,6 @@ const RENEWAL: Duration = Duration::from_secs(6);
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn port_of(app: &TestApp) -> u16 {
-    app.address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
 }
 
 /// The end-entity certificate a new connection to `url` is served.
@@ -71,7 +62,7 @@ async fn a_webhook_over_https_is_accepted_and_delivered() {
         ],
     )
     .await;
-    let base = format!("https://localhost:{}", port_of(&app));
+    let base = format!("https://localhost:{}", app.port());
     let client = ca.client();
     let body = fixture("payment_approved.json");
     let (status, accepted) = answer(
@@ -102,14 +93,7 @@ async fn a_webhook_over_https_is_accepted_and_delivered() {
         .expect("TLS 1.2");
     assert_eq!(healthz.status(), 200);
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(&client, &format!("{base}/metrics")).await;
     // 2031-06-01T00:00:00Z
     assert!(
         metrics.contains(
@@ -121,7 +105,7 @@ async fn a_webhook_over_https_is_accepted_and_delivered() {
     // Plain HTTP to the TLS port: the handshake fails, nothing is answered
     // in HTTP and nothing is stored.
     let plain = approved_event("evt_plain");
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port_of(&app)))
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port()))
         .await
         .expect("connect");
     let request = format!(
@@ -172,7 +156,7 @@ async fn renewed_files_are_served_without_a_restart_and_a_broken_pair_is_refused
         ],
     )
     .await;
-    let port = port_of(&app);
+    let port = app.port();
     let healthz = format!("https://localhost:{port}/healthz");
     assert_eq!(
         served(&ca.client(), &healthz).await,
@@ -246,15 +230,7 @@ async fn renewed_files_are_served_without_a_restart_and_a_broken_pair_is_refused
         v2_leaf,
         "the old pair keeps serving"
     );
-    let metrics = ca
-        .client()
-        .get(format!("https://localhost:{port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(&ca.client(), &format!("https://localhost:{port}/metrics")).await;
     // 2031-01-01T00:00:00Z: v2's, not v3's.
     assert!(
         metrics.contains(
@@ -303,7 +279,7 @@ async fn the_admin_listener_serves_https_too() {
         served(&ca.client(), &format!("{admin}/metrics")).await,
         leaf_der(&admin_cert)
     );
-    let webhooks = format!("https://localhost:{}/healthz", port_of(&app));
+    let webhooks = format!("https://localhost:{}/healthz", app.port());
     assert_eq!(served(&ca.client(), &webhooks).await, leaf_der(&cert));
     app.stop().await;
 }
@@ -317,19 +293,7 @@ fn certificate_settings_that_cannot_work_stop_start_up() {
     let (other_cert, _) = ca.write_pair(dir.path(), "other", &["localhost"], (2031, 6, 1));
     let (expired, expired_key) = ca.write_pair(dir.path(), "expired", &["localhost"], (2021, 1, 1));
     let missing = dir.path().join("missing.crt");
-    let error = |extra: &[(&str, &str)]| -> String {
-        let vars = [
-            ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
-            ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()));
-        match Config::from_vars(vars) {
-            Ok(_) => panic!("{extra:?} was accepted"),
-            Err(e) => e.to_string(),
-        }
-    };
+    let error = config_error;
     let e = error(&[("RELAY_TLS_CERT", path(&cert))]);
     assert!(
         e.starts_with("RELAY_TLS_KEY: RELAY_TLS_CERT is set but RELAY_TLS_KEY is not"),
@@ -402,7 +366,7 @@ async fn healthcheck_and_replay_speak_https() {
         ],
     )
     .await;
-    let listen = format!("0.0.0.0:{}", port_of(&app));
+    let listen = format!("0.0.0.0:{}", app.port());
     let run = |args: Vec<String>, vars: Vec<(&'static str, String)>| async move {
         tokio::process::Command::new(process::BINARY)
             .args(args)
@@ -443,7 +407,7 @@ async fn healthcheck_and_replay_speak_https() {
             "--url".into(),
             format!(
                 "https://localhost:{}/webhooks/checkoutdotcom/sandbox",
-                port_of(&app)
+                app.port()
             ),
             "--authorization".into(),
             SANDBOX_AUTH.into(),

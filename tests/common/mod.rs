@@ -257,6 +257,15 @@ impl TestApp {
             .expect("metrics text")
     }
 
+    /// The webhook port.
+    pub fn port(&self) -> u16 {
+        self.address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
     /// A delivery's status as committed (what is there is what is on disk).
     pub async fn status_on_disk(&self, event_id: &str) -> Option<String> {
         self.db.status(event_id).await
@@ -268,6 +277,34 @@ impl TestApp {
             self.status_on_disk(event_id).await.as_deref() == Some(status)
         })
         .await
+    }
+}
+
+/// The body of a GET that must answer.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The error `Config` gives for the sandbox keys plus `extra`; panics if it
+/// accepts them.
+pub fn config_error(extra: &[(&str, &str)]) -> String {
+    let vars = [
+        ("CKO_SANDBOX_AUTHORIZATION_KEY", "a"),
+        ("CKO_SANDBOX_SIGNATURE_KEY", "s"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    match Config::from_vars(vars) {
+        Ok(_) => panic!("{extra:?} was accepted"),
+        Err(e) => e.to_string(),
     }
 }
 
