@@ -322,6 +322,32 @@ async fn retry_dead_retries_the_dead_of_one_environment_or_all(backend: Backend)
         assert!(app.reaches_status(id, "dead", WAIT).await, "{id}");
     }
     app.sandbox.set_default(Reply::Status(200));
+    // A typo or a repeat never widens the action: 400, nothing retried.
+    for (query, names) in [
+        (
+            "enviroment=production",
+            "unknown parameter `enviroment`; this endpoint takes environment",
+        ),
+        (
+            "environment=production&environment=sandbox",
+            "environment: given more than once; give it once",
+        ),
+    ] {
+        let path = format!("/admin/deliveries/retry-dead?{query}");
+        let (status, body) = admin(&app, "POST", &path, Some(TOKEN)).await;
+        assert_eq!(
+            (status, body),
+            (400, json!({"error": "bad_request", "message": names})),
+            "{query}"
+        );
+    }
+    for id in ["evt_rd1", "evt_rd2", prod_event.as_str()] {
+        assert_eq!(
+            app.status_on_disk(id).await.as_deref(),
+            Some("dead"),
+            "{id}"
+        );
+    }
     let (status, body) = admin(
         &app,
         "POST",
@@ -511,7 +537,74 @@ async fn alert_rules_and_dashboard_use_only_metrics_that_exist() {
     app.stop().await;
 }
 
+/// Ids and parameters are read one way only: a delivery id is `dlv_` and a
+/// canonical number; a repeated filter or a parameter an endpoint does not
+/// take is 400 naming it.
+async fn ids_and_parameters_are_parsed_strictly(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_ADMIN_TOKEN", TOKEN)]).await;
+    let (_, accepted) = app.send_json("sandbox", approved_event("evt_strict")).await;
+    let id = accepted["delivery_id"].as_str().expect("id").to_owned();
+    assert_eq!(id, "dlv_1");
+    assert_eq!(
+        admin(&app, "GET", "/admin/deliveries/dlv_1", Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    for other in ["dlv_01", "dlv_+1", "1", "dlv_", "dlv_-1", "dlv_0"] {
+        let (status, body) = admin(
+            &app,
+            "GET",
+            &format!("/admin/deliveries/{other}"),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(status, 400, "{other}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("dlv_42")),
+            "{body}"
+        );
+    }
+    let (status, body) = admin(
+        &app,
+        "GET",
+        "/admin/deliveries/dlv_1?verbose=1",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            400,
+            Some("unknown parameter `verbose`; this endpoint takes none")
+        )
+    );
+    let (status, _) = admin(
+        &app,
+        "POST",
+        "/admin/deliveries/dlv_1/retry?force=1",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = admin(
+        &app,
+        "GET",
+        "/admin/deliveries?status=dead&status=delivered",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (400, Some("status: given more than once; give it once"))
+    );
+    app.stop().await;
+}
+
 on_both_stores!(
+    ids_and_parameters_are_parsed_strictly,
     admin_api_is_off_without_a_token,
     admin_api_needs_the_bearer_token,
     admin_listener_is_separate_from_the_webhook_port,
@@ -520,3 +613,50 @@ on_both_stores!(
     retry_dead_retries_the_dead_of_one_environment_or_all,
     metrics_count_every_answer_and_attempt,
 );
+
+/// The binary's audit lines are JSON with one key per name (the logger's own
+/// `target` is not overwritten by what was acted on), and the client's
+/// address is an address.
+#[tokio::test]
+async fn audit_lines_are_well_formed_json() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mock = MockAccelerate::start().await;
+    let relay =
+        process::RelayProcess::start(dir.path(), &mock.url(), &[("RELAY_ADMIN_TOKEN", TOKEN)])
+            .await;
+    let client = reqwest::Client::new();
+    let sent = post_signed(
+        &client,
+        &relay.address,
+        "sandbox",
+        approved_event("evt_audit"),
+    )
+    .await;
+    assert_eq!(sent.expect("answer").status(), 200);
+    let retried = client
+        .post(format!("{}/admin/deliveries/dlv_1/retry", relay.address))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retried.status(), 202);
+    let log = std::fs::read_to_string(dir.path().join("relay.log")).expect("log");
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"audit\":true"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{log}");
+    let line = audit[0];
+    let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    for key in ["target", "action", "subject", "result", "peer"] {
+        assert_eq!(
+            line.matches(&format!("\"{key}\":")).count(),
+            1,
+            "{key} in {line}"
+        );
+    }
+    assert_eq!(parsed["target"], "accelerate_relay::http::admin", "{line}");
+    assert_eq!(parsed["action"], "retry");
+    assert_eq!(parsed["subject"], "dlv_1");
+    assert_eq!(parsed["peer"], "127.0.0.1", "{line}");
+}

@@ -4,8 +4,6 @@
 //! It works over `store` like the CLI does, and never answers with a body, a
 //! forwarded header or a full token: `Delivery` and `AttemptView` hold none.
 
-use std::collections::HashMap;
-
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -76,8 +74,10 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
         return Ok(());
     }
     tracing::warn!(
-        path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
-        outcome = "refused", "admin request without the right bearer token"
+        path = req.path(),
+        peer = req.peer_addr().map(|a| tracing::field::display(a.ip())),
+        outcome = "refused",
+        "admin request without the right bearer token"
     );
     Err(AdminError::Unauthorized)
 }
@@ -122,21 +122,29 @@ pub(super) async fn retry_dead_now(
     Ok(retried)
 }
 
-/// One line per admin request that got past the token, for the audit trail.
-pub(super) fn audit(req: &HttpRequest, action: &'static str, target: &str, result: &str) {
+/// One line per admin request that got past the token, for the audit trail:
+/// what was done (`action`), to what (`subject`: a delivery, an environment,
+/// a session), with what result, from which address. Field names no log
+/// line already has (`target` is the logger's own), so a JSON reader keeps
+/// every one.
+pub(super) fn audit(req: &HttpRequest, action: &'static str, subject: &str, result: &str) {
+    let peer = req.peer_addr().map(|a| a.ip());
     tracing::info!(
-        audit = true, action, target, result, path = req.path(),
-        peer = ?req.peer_addr().map(|a| a.ip()), "admin action"
+        audit = true,
+        action,
+        subject,
+        result,
+        path = req.path(),
+        peer = peer.map(tracing::field::display),
+        "admin action"
     );
 }
 
-async fn list(
-    req: HttpRequest,
-    query: web::Query<HashMap<String, String>>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AdminError> {
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AdminError> {
     authorize(&req, &state)?;
-    let filter = filter_from(&query)?;
+    let query = query_pairs(&req)?;
+    let filter = ListFilter::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(AdminError::BadRequest)?;
     let deliveries = state.store.list(&filter).await?;
     let next = (deliveries.len() == filter.limit as usize)
         .then(|| deliveries.last().map(|d| d.id.clone()))
@@ -156,6 +164,7 @@ async fn show(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AdminError> {
     authorize(&req, &state)?;
+    only(&req, &[])?;
     let id = delivery_id(&id)?;
     let detail = state
         .store
@@ -172,6 +181,7 @@ async fn retry(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AdminError> {
     authorize(&req, &state)?;
+    only(&req, &[])?;
     let id = delivery_id(&id)?;
     if !retry_now(&req, &state, "retry", id).await? {
         return Err(AdminError::NotFound(id.to_string()));
@@ -185,23 +195,45 @@ async fn retry(
 
 async fn retry_dead(
     req: HttpRequest,
-    query: web::Query<HashMap<String, String>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AdminError> {
     authorize(&req, &state)?;
-    let environment = match query.get("environment") {
-        Some(e) => Some(parse::<Environment>("environment", e)?),
+    // A typo here must not widen the action to every environment.
+    let environment = match only(&req, &["environment"])?.first() {
+        Some((_, e)) => Some(parse::<Environment>("environment", e)?),
         None => None,
     };
     let retried = retry_dead_now(&req, &state, "retry-dead", environment).await?;
     Ok(HttpResponse::Ok().json(json!({ "retried": retried })))
 }
 
-/// The query of `GET /admin/deliveries` as a typed filter (the same parser
-/// as the CLI's `deliveries list`).
-fn filter_from(query: &HashMap<String, String>) -> Result<ListFilter, AdminError> {
-    ListFilter::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(AdminError::BadRequest)
+/// The query string as its pairs, in order and with repeats (a map would
+/// keep the last of two and hide the other).
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, AdminError> {
+    serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| AdminError::BadRequest(format!("the query does not parse: {e}")))
+}
+
+/// The query, when it holds only `allowed` parameters, each at most once.
+fn only(req: &HttpRequest, allowed: &[&str]) -> Result<Vec<(String, String)>, AdminError> {
+    let pairs = query_pairs(req)?;
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if !allowed.contains(&name.as_str()) {
+            return Err(AdminError::BadRequest(match allowed {
+                [] => format!("unknown parameter `{name}`; this endpoint takes none"),
+                _ => format!(
+                    "unknown parameter `{name}`; this endpoint takes {}",
+                    allowed.join(", ")
+                ),
+            }));
+        }
+        if pairs[..i].iter().any(|(earlier, _)| earlier == name) {
+            return Err(AdminError::BadRequest(format!(
+                "{name}: given more than once; give it once"
+            )));
+        }
+    }
+    Ok(pairs)
 }
 
 fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AdminError>

@@ -356,14 +356,16 @@ impl fmt::Display for DeliveryId {
     }
 }
 
+/// Only the spelling the relay prints (`dlv_` and a positive number without
+/// sign or leading zeros): an operator's id names one delivery, one way.
 impl FromStr for DeliveryId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.strip_prefix("dlv_")
-            .unwrap_or(s)
-            .parse::<i64>()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
+            .and_then(|n| n.parse::<i64>().ok())
             .map(DeliveryId)
-            .map_err(|_| format!("`{s}` is not a delivery id (dlv_<number>)"))
+            .ok_or_else(|| format!("`{s}` is not a delivery id (dlv_ and a number, e.g. dlv_42)"))
     }
 }
 
@@ -702,7 +704,14 @@ impl ListFilter {
             limit: Self::DEFAULT_LIMIT,
             ..ListFilter::default()
         };
+        let mut seen: Vec<&str> = Vec::new();
         for (name, value) in pairs {
+            // A repeated filter is refused: which of the two was meant is
+            // not ours to guess.
+            if seen.contains(&name) {
+                return Err(format!("{name}: given more than once; give it once"));
+            }
+            seen.push(name);
             match name {
                 "status" => filter.status = Some(typed(name, value)?),
                 "environment" => filter.environment = Some(typed(name, value)?),
