@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DatabaseConfig};
 use crate::event::Environment;
-use crate::store::{DeliveryId, ListFilter, Role, Store, Timestamp};
+use crate::store::{DeliveryId, ListFilter, Retried, Role, Store, Timestamp};
 use crate::{telemetry, verify, Application};
 
 #[derive(Parser)]
@@ -393,12 +393,15 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
                 }
             }
         }
-        DeliveriesCommand::Retry { id } => {
-            if !store.retry(id, Timestamp::now()).await? {
-                bail!("no delivery {id}");
-            }
-            println!("{id} is pending and due now");
-        }
+        DeliveriesCommand::Retry { id } => match store.retry(id, Timestamp::now()).await? {
+            Retried::Due => println!("{id} is pending and due now"),
+            Retried::NotFound => bail!("no delivery {id}"),
+            Retried::InFlight { lease_ends } => bail!(
+                "{id}: an attempt is being sent to Accelerate now (its lease ends at {} at \
+                     the latest); retry after it, if it failed",
+                lease_ends.as_deref().unwrap_or("its lease's end")
+            ),
+        },
         DeliveriesCommand::RetryDead { environment } => {
             let n = store.retry_dead(Timestamp::now(), environment).await?;
             println!("{n} dead deliveries are pending and due now");

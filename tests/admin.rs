@@ -603,7 +603,44 @@ async fn ids_and_parameters_are_parsed_strictly(backend: Backend) {
     app.stop().await;
 }
 
+/// A retry while an attempt is being sent is refused (409, saying so), never
+/// a second send beside it: ten retries at once during a slow first attempt
+/// leave exactly one request at Accelerate and that attempt in the history.
+async fn a_retry_never_sends_beside_an_attempt_in_flight(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RELAY_ADMIN_TOKEN", TOKEN)]).await;
+    app.sandbox
+        .set_default(Reply::Slow(Duration::from_millis(1500), 200));
+    let (_, accepted) = app
+        .send_json("sandbox", approved_event("evt_inflight"))
+        .await;
+    let id = accepted["delivery_id"].as_str().expect("id").to_owned();
+    app.sandbox.wait_for(1, WAIT).await;
+    let path = format!("/admin/deliveries/{id}/retry");
+    let retries = (0..10).map(|_| admin(&app, "POST", &path, Some(TOKEN)));
+    for (status, body) in futures_util::future::join_all(retries).await {
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"], "attempt_in_flight");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("an attempt is being sent to Accelerate now")),
+            "{body}"
+        );
+    }
+    assert!(app.reaches_status("evt_inflight", "delivered", WAIT).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.sandbox.received().len(), 1, "one send");
+    let (_, shown) = admin(&app, "GET", &format!("/admin/deliveries/{id}"), Some(TOKEN)).await;
+    assert_eq!(shown["attempts"], 1, "{shown}");
+    // Once it is recorded, a retry sends it again, as asked.
+    app.sandbox.set_default(Reply::Status(200));
+    assert_eq!(admin(&app, "POST", &path, Some(TOKEN)).await.0, 202);
+    app.sandbox.wait_for(2, WAIT).await;
+    app.stop().await;
+}
+
 on_both_stores!(
+    a_retry_never_sends_beside_an_attempt_in_flight,
     ids_and_parameters_are_parsed_strictly,
     admin_api_is_off_without_a_token,
     admin_api_needs_the_bearer_token,

@@ -394,10 +394,17 @@ async fn worker_step_reports_what_it_did(backend: Backend) {
         .id
         .parse()
         .expect("id");
-    app.store
-        .retry(id, accelerate_relay::store::Timestamp::now())
-        .await
-        .expect("retry");
+    // Once the first attempt is recorded (a retry is refused while it is
+    // in flight).
+    let retried = eventually(WAIT, || async {
+        app.store
+            .retry(id, accelerate_relay::store::Timestamp::now())
+            .await
+            .expect("retry")
+            == accelerate_relay::store::Retried::Due
+    })
+    .await;
+    assert!(retried, "the retry was refused");
     app.sandbox.set_default(Reply::Status(200));
     let step = worker.deliver_next().await.expect("step");
     // The app's own worker may have been quicker; either way it is delivered once more.

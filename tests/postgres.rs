@@ -146,6 +146,40 @@ async fn same_event_sent_to_two_replicas_at_once_is_accepted_once() {
     }
 }
 
+/// A retry sent to another replica while the first one's attempt is in
+/// flight is refused too: the fence is the store's, not a replica's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_replica_never_sends_beside_an_attempt_in_flight() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let db = TestDb::create(Backend::Postgres).await;
+    let sandbox = MockAccelerate::start().await;
+    let production = MockAccelerate::start().await;
+    sandbox.set_default(Reply::Slow(Duration::from_millis(1500), 200));
+    let vars = with_overrides(
+        base_vars(&sandbox, &production, db.url()),
+        &[("RELAY_ADMIN_TOKEN", TOKEN)],
+    );
+    let replicas = replicas(2, vars).await;
+    let client = reqwest::Client::new();
+    let (_, accepted) = send(&client, &replicas[0].address, approved_event("evt_other")).await;
+    let id = accepted["delivery_id"].as_str().expect("id").to_owned();
+    sandbox.wait_for(1, WAIT).await;
+    for replica in &replicas {
+        let response = client
+            .post(format!("{}/admin/deliveries/{id}/retry", replica.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("admin answer");
+        assert_eq!(response.status(), 409, "{}", replica.address);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sandbox.received().len(), 1, "one send");
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_mid_delivery_is_covered_by_another_after_the_lease() {
     let db = TestDb::create(Backend::Postgres).await;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::event::Environment;
-use crate::store::{DeliveryId, ListFilter, StoreError, Timestamp};
+use crate::store::{DeliveryId, ListFilter, Retried, StoreError, Timestamp};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/deliveries", web::get().to(list))
@@ -28,6 +28,8 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the store did not answer: {0}")]
     Store(#[from] StoreError),
 }
@@ -38,6 +40,7 @@ impl ResponseError for AdminError {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -52,6 +55,7 @@ impl ResponseError for AdminError {
             }
             AdminError::NotFound(_) => json!({ "error": "not_found", "message": self.to_string() }),
             AdminError::BadRequest(m) => json!({ "error": "bad_request", "message": m }),
+            AdminError::Conflict(m) => json!({ "error": "attempt_in_flight", "message": m }),
             AdminError::Store(_) => json!({ "error": "store_unavailable" }),
         };
         response.json(body)
@@ -83,22 +87,34 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
 }
 
 /// A manual retry as the admin API and the console make it: the delivery
-/// pending and due now, the worker woken, an audit line. `false`: no such delivery.
+/// pending and due now, the worker woken, an audit line; refused while an
+/// attempt is in flight.
 pub(super) async fn retry_now(
     req: &HttpRequest,
     state: &AppState,
     action: &'static str,
     id: DeliveryId,
-) -> Result<bool, StoreError> {
-    let found = state.store.retry(id, Timestamp::now()).await?;
-    let result = if found {
-        state.wake.notify_one();
-        "pending, due now"
-    } else {
-        "not found"
+) -> Result<Retried, StoreError> {
+    let retried = state.store.retry(id, Timestamp::now()).await?;
+    let result = match &retried {
+        Retried::Due => {
+            state.wake.notify_one();
+            "pending, due now"
+        }
+        Retried::NotFound => "not found",
+        Retried::InFlight { .. } => "refused: an attempt is in flight",
     };
     audit(req, action, &id.to_string(), result);
-    Ok(found)
+    Ok(retried)
+}
+
+/// What an operator reads when a retry meets an attempt in flight.
+pub(super) fn in_flight_message(id: DeliveryId, lease_ends: Option<&str>) -> String {
+    format!(
+        "{id}: an attempt is being sent to Accelerate now (its lease ends at {} at the latest); \
+         its outcome will be in the history. Retry after it, if it failed.",
+        lease_ends.unwrap_or("its lease's end")
+    )
 }
 
 /// Every dead delivery (of `environment`, or of both) retried as `retry_now` does one.
@@ -183,8 +199,15 @@ async fn retry(
     authorize(&req, &state)?;
     only(&req, &[])?;
     let id = delivery_id(&id)?;
-    if !retry_now(&req, &state, "retry", id).await? {
-        return Err(AdminError::NotFound(id.to_string()));
+    match retry_now(&req, &state, "retry", id).await? {
+        Retried::Due => {}
+        Retried::NotFound => return Err(AdminError::NotFound(id.to_string())),
+        Retried::InFlight { lease_ends } => {
+            return Err(AdminError::Conflict(in_flight_message(
+                id,
+                lease_ends.as_deref(),
+            )))
+        }
     }
     match state.store.get(id).await? {
         Some(delivery) => Ok(HttpResponse::Accepted().json(delivery)),

@@ -222,11 +222,20 @@ impl Store {
     }
 
     /// Makes a delivery (of any status) pending and due now; `false` when it does not exist.
-    pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.retry(id, now).await,
-            Store::Postgres(s) => s.retry(id, now).await,
+    pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<Retried, StoreError> {
+        let done = match self {
+            Store::Sqlite(s) => s.retry(id, now).await?,
+            Store::Postgres(s) => s.retry(id, now).await?,
+        };
+        if done {
+            return Ok(Retried::Due);
         }
+        Ok(match self.get(id).await? {
+            None => Retried::NotFound,
+            Some(delivery) => Retried::InFlight {
+                lease_ends: delivery.next_attempt_at,
+            },
+        })
     }
 
     /// Makes every dead delivery (of `environment`, or of both) pending and
@@ -367,6 +376,19 @@ impl FromStr for DeliveryId {
             .map(DeliveryId)
             .ok_or_else(|| format!("`{s}` is not a delivery id (dlv_ and a number, e.g. dlv_42)"))
     }
+}
+
+/// What a manual retry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retried {
+    /// Pending and due now, with the whole schedule again.
+    Due,
+    NotFound,
+    /// An attempt is being made (until its lease ends at the latest); the
+    /// retry is refused rather than sent beside it.
+    InFlight {
+        lease_ends: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

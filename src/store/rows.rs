@@ -236,9 +236,12 @@ pub const RELEASE: &str = "UPDATE deliveries SET next_attempt_at = $3, leased_un
      AND leased_until IS NOT NULL";
 
 /// A manual retry gets the whole schedule again; attempts keep counting up so
-/// `X-Relay-Attempt` never repeats.
+/// `X-Relay-Attempt` never repeats. Not while an attempt is in flight (a
+/// live lease): clearing its lease would start a second, overlapping send
+/// and fence the first one's outcome out of the history.
 pub const RETRY_ONE: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, \
-     leased_until = NULL, attempts_base = attempts WHERE id = $1";
+     leased_until = NULL, attempts_base = attempts WHERE id = $1 \
+     AND NOT (status = 'pending' AND leased_until IS NOT NULL AND leased_until > $2)";
 /// `$1` now, `$2` environment (NULL for both).
 pub const RETRY_DEAD: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
      leased_until = NULL, attempts_base = attempts WHERE status = 'dead' \

@@ -18,10 +18,11 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use maud::Markup;
 
-use super::admin::{audit, retry_dead_now, retry_now};
+use super::admin::{audit, in_flight_message, retry_dead_now, retry_now};
 use super::AppState;
 use crate::config::Config;
 use crate::event::Environment;
+use crate::store::Retried;
 use crate::store::{DeliveryId, ListFilter, StoreError, Timestamp};
 use pages::{EnvironmentView, ListForm, Window};
 use session::{Session, Sessions};
@@ -79,6 +80,8 @@ pub enum ConsoleError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(
         "The store did not answer ({0}). /readyz on the webhook port tells whether it is \
          down; try again when it is back."
@@ -93,6 +96,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Forged => StatusCode::FORBIDDEN,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -103,6 +107,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Forged => "Refused",
             ConsoleError::NotFound(_) => "Not found",
             ConsoleError::BadRequest(_) => "Bad request",
+            ConsoleError::Conflict(_) => "An attempt is in flight",
             ConsoleError::Store(_) => "Store unavailable",
         };
         html(
@@ -336,8 +341,15 @@ async fn retry(
 ) -> Result<HttpResponse, ConsoleError> {
     checked(&req, &sessions, &form)?;
     let id = delivery_id(&id)?;
-    if !retry_now(&req, &state, "console-retry", id).await? {
-        return Err(missing(id));
+    match retry_now(&req, &state, "console-retry", id).await? {
+        Retried::Due => {}
+        Retried::NotFound => return Err(missing(id)),
+        Retried::InFlight { lease_ends } => {
+            return Err(ConsoleError::Conflict(in_flight_message(
+                id,
+                lease_ends.as_deref(),
+            )))
+        }
     }
     Ok(see_other(&format!(
         "/console/deliveries/{id}?notice=retried"
