@@ -279,6 +279,25 @@ async fn retry_all_dead_asks_first(backend: Backend) {
         .text(".notice")
         .await
         .starts_with("Retried: 2 dead deliveries"));
+    // A notice comes from the relay, sealed to this session: one written
+    // into a link (or taken from another session) is not shown.
+    for forged in [
+        "notice=retried-dead&retried=99999",
+        "notice=retried-dead:99999.00112233445566778899aabbccddeeff",
+        "notice=retried-dead:99999",
+    ] {
+        browser
+            .goto(&format!(
+                "{}/deliveries?status=pending&{forged}",
+                console(&app)
+            ))
+            .await;
+        let notices = browser.texts(".notice").await;
+        assert!(
+            notices.iter().all(|n| !n.contains("99999")),
+            "{forged}: {notices:?}"
+        );
+    }
     for id in ["evt_console_dead1", "evt_console_dead2"] {
         assert!(
             app.reaches_status(id, "delivered", WAIT).await,

@@ -180,7 +180,7 @@ where
                     Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(io)).await {
                         Ok(Ok(tls)) => transport::Stream::Tls(Box::new(tls)),
                         Ok(Err(e)) => {
-                            tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(peer = peer.map(tracing::field::display), error = %e, "TLS handshake failed");
                             return Err(DispatchError::Io(e));
                         }
                         Err(_) => {

@@ -133,8 +133,10 @@ fn checked(
     let session = signed_in(req, sessions)?;
     if !session.accepts(form.get("csrf").map(String::as_str)) {
         tracing::warn!(
-            path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
-            outcome = "refused", "console form without this session's CSRF token"
+            path = req.path(),
+            peer = req.peer_addr().map(|a| tracing::field::display(a.ip())),
+            outcome = "refused",
+            "console form without this session's CSRF token"
         );
         return Err(ConsoleError::Forged);
     }
@@ -184,8 +186,10 @@ async fn sign_in(
     let sent = form.get("token").map(String::as_bytes);
     if !token.zip(sent).is_some_and(|(t, sent)| t.matches(sent)) {
         tracing::warn!(
-            path = req.path(), peer = ?req.peer_addr().map(|a| a.ip()),
-            outcome = "refused", "console sign-in with a wrong admin token"
+            path = req.path(),
+            peer = req.peer_addr().map(|a| tracing::field::display(a.ip())),
+            outcome = "refused",
+            "console sign-in with a wrong admin token"
         );
         let warning = cookie_warning(&req, &sessions);
         let page = pages::sign_in(
@@ -271,10 +275,9 @@ async fn deliveries(
         let value = value.trim();
         let field = match name.as_str() {
             "notice" => {
-                notice = Some(notice_text(value, query.as_slice()));
+                notice = sessions.open_notice(&session, value).map(notice_text);
                 continue;
             }
-            "retried" => continue,
             "status" => &mut form.status,
             "environment" => &mut form.environment,
             "accelerate_token" => &mut form.accelerate_token,
@@ -325,7 +328,10 @@ async fn delivery(
     let session = signed_in(&req, &sessions)?;
     let id = delivery_id(&id)?;
     let detail = state.store.detail(id).await?.ok_or_else(|| missing(id))?;
-    let notice = query.get("notice").map(|n| notice_text(n, &[]));
+    let notice = query
+        .get("notice")
+        .and_then(|n| sessions.open_notice(&session, n))
+        .map(notice_text);
     Ok(html(
         StatusCode::OK,
         pages::delivery(&session, &detail, notice.as_deref()),
@@ -339,7 +345,7 @@ async fn retry(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    checked(&req, &sessions, &form)?;
+    let session = checked(&req, &sessions, &form)?;
     let id = delivery_id(&id)?;
     match retry_now(&req, &state, "console-retry", id).await? {
         Retried::Due => {}
@@ -352,7 +358,8 @@ async fn retry(
         }
     }
     Ok(see_other(&format!(
-        "/console/deliveries/{id}?notice=retried"
+        "/console/deliveries/{id}?notice={}",
+        sessions.seal_notice(&session, "retried")
     )))
 }
 
@@ -384,11 +391,12 @@ async fn retry_dead(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    checked(&req, &sessions, &form)?;
+    let session = checked(&req, &sessions, &form)?;
     let environment = environment(&form)?;
     let retried = retry_dead_now(&req, &state, "console-retry-dead", environment).await?;
     Ok(see_other(&format!(
-        "/console/deliveries?status=pending&notice=retried-dead&retried={retried}"
+        "/console/deliveries?status=pending&notice={}",
+        sessions.seal_notice(&session, &format!("retried-dead:{retried}"))
     )))
 }
 
@@ -435,17 +443,17 @@ fn environment(fields: &HashMap<String, String>) -> Result<Option<Environment>, 
     }
 }
 
-/// The sentence a redirect's `notice` stands for (never text from the query).
-fn notice_text(notice: &str, query: &[(String, String)]) -> String {
-    let retried = query
-        .iter()
-        .find(|(k, _)| k == "retried")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    match notice {
-        "retried" => "Retried: the delivery was made pending and due now.".to_owned(),
-        "retried-dead" => {
-            format!("Retried: {retried} dead deliveries were made pending and due now.")
+/// The sentence a sealed notice stands for (never text from the query).
+fn notice_text(notice: &str) -> String {
+    match notice.split_once(':') {
+        None if notice == "retried" => {
+            "Retried: the delivery was made pending and due now.".to_owned()
+        }
+        Some(("retried-dead", "1")) => {
+            "Retried: 1 dead delivery was made pending and due now.".to_owned()
+        }
+        Some(("retried-dead", n)) => {
+            format!("Retried: {n} dead deliveries were made pending and due now.")
         }
         _ => "Done.".to_owned(),
     }

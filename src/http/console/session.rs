@@ -87,6 +87,22 @@ impl Sessions {
         self.cookie("", 0)
     }
 
+    /// A notice for a redirect's URL, sealed to this session: the page
+    /// shows only a notice the relay itself wrote for it (a count in a
+    /// crafted link would otherwise be shown as if the relay had said it).
+    pub fn seal_notice(&self, session: &Session, notice: &str) -> String {
+        let mac = self.sign(&format!("notice.{}.{notice}", session.nonce));
+        format!("{notice}.{}", hex::encode(&mac[..16]))
+    }
+
+    /// The notice `sealed` carries, when this session's seal is on it.
+    pub fn open_notice<'a>(&self, session: &Session, sealed: &'a str) -> Option<&'a str> {
+        let (notice, mac) = sealed.rsplit_once('.')?;
+        let expected = self.sign(&format!("notice.{}.{notice}", session.nonce));
+        let sent = hex::decode(mac).ok()?;
+        (sent.len() == 16 && bool::from(expected[..16].ct_eq(&sent))).then_some(notice)
+    }
+
     fn session(&self, nonce: String) -> Session {
         let csrf = hex::encode(self.sign(&format!("csrf.{nonce}")));
         Session { nonce, csrf }
