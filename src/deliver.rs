@@ -514,13 +514,9 @@ impl Answer {
     fn failed(e: &hyper_util::client::legacy::Error) -> Self {
         // hyper's errors never carry the URL (which could hold credentials);
         // their causes say what went wrong (refused, TLS, reset).
-        let mut causes = String::new();
-        let mut cause = std::error::Error::source(e);
-        while let Some(c) = cause {
-            causes.push_str(": ");
-            causes.push_str(&c.to_string());
-            cause = c.source();
-        }
+        let causes = std::error::Error::source(e)
+            .map(|c| format!(": {}", egress::causes(c)))
+            .unwrap_or_default();
         if let Some(proxy) = egress::proxy_error(e) {
             return Answer {
                 status: None,

@@ -275,7 +275,7 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// `e` and its causes in one line.
-fn causes(e: &dyn std::error::Error) -> String {
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
