@@ -195,10 +195,16 @@ fn check_config() -> anyhow::Result<()> {
     );
     println!(
         "admin API:            {}",
-        if config.admin_token.is_some() {
-            "on"
-        } else {
-            "off (RELAY_ADMIN_TOKEN not set)"
+        match &config.admin_token {
+            Some(tokens) => format!(
+                "on, {} (each checked: printable ASCII, at least {} characters)",
+                match tokens.iter().count() {
+                    1 => "1 token".to_owned(),
+                    n => format!("{n} tokens"),
+                },
+                crate::config::ADMIN_TOKEN_MIN_CHARS
+            ),
+            None => "off (RELAY_ADMIN_TOKEN not set)".to_owned(),
         }
     );
     println!(

@@ -35,7 +35,8 @@ pub struct Config {
     pub delivery_concurrency: usize,
     pub retry_schedule: RetrySchedule,
     pub lease: Duration,
-    pub admin_token: Option<Secret>,
+    /// Bearer tokens of the admin API and the console (several to rotate).
+    pub admin_token: Option<KeyRing>,
     pub admin_listen: Option<SocketAddr>,
     /// Whether the console's session cookie is marked `Secure` (sent over
     /// HTTPS only); off only for plain-HTTP use on the operator's own machine.
@@ -455,7 +456,7 @@ impl Raw {
                 None => RetrySchedule::default(),
             },
             lease,
-            admin_token: self.relay_admin_token.map(Secret::new),
+            admin_token: admin_tokens(self.relay_admin_token)?,
             console_secure_cookie: match self.relay_console_secure_cookie.as_deref().map(str::trim)
             {
                 None | Some("true") => true,
@@ -492,6 +493,55 @@ impl Raw {
             },
         })
     }
+}
+
+/// The shortest admin token accepted: 32 characters of `openssl rand -hex 32`
+/// are 128 bits, beyond any guessing the throttle lets through.
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 32;
+
+/// `RELAY_ADMIN_TOKEN`: one token or several (comma-separated, to rotate),
+/// each trimmed like every key and each printable ASCII, no space, at least
+/// `ADMIN_TOKEN_MIN_CHARS` long: what a `Bearer` header can carry, and too
+/// long to guess.
+fn admin_tokens(value: Option<String>) -> Result<Option<KeyRing>, ConfigError> {
+    const VAR: &str = "RELAY_ADMIN_TOKEN";
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let ring = KeyRing::parse(&value).ok_or_else(|| {
+        invalid(
+            VAR,
+            "holds no token; give one, or several separated by commas",
+        )
+    })?;
+    let count = ring.iter().count();
+    for (i, token) in ring.iter().enumerate() {
+        let which = match count {
+            1 => "the token".to_owned(),
+            n => format!("token {} of {n}", i + 1),
+        };
+        let token = token.expose();
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                VAR,
+                format!(
+                    "{which} holds a character that is not printable ASCII (or a space); \
+                     use letters, digits and punctuation only, e.g. from `openssl rand -hex 32`"
+                ),
+            ));
+        }
+        if token.len() < ADMIN_TOKEN_MIN_CHARS {
+            return Err(invalid(
+                VAR,
+                format!(
+                    "{which} is {} characters, shorter than the {ADMIN_TOKEN_MIN_CHARS} required; \
+                     make one with `openssl rand -hex 32`",
+                    token.len()
+                ),
+            ));
+        }
+    }
+    Ok(Some(ring))
 }
 
 fn invalid(var: &'static str, reason: impl fmt::Display) -> ConfigError {

@@ -161,6 +161,7 @@ impl Application {
             config: Arc::clone(&config),
             store: store.clone(),
             health: health.clone(),
+            throttle: http::guard::Throttle::new(Arc::clone(&metrics)),
             metrics,
             wake,
             handoff,

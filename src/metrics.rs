@@ -26,6 +26,26 @@ pub const OLDEST_PENDING: &str = "accelerate_relay_oldest_pending_age_seconds";
 pub const STORE_UP: &str = "accelerate_relay_store_up";
 pub const BUILD_INFO: &str = "accelerate_relay_build_info";
 pub const TLS_EXPIRY: &str = "accelerate_relay_tls_certificate_expiry_timestamp_seconds";
+pub const ADMIN_REFUSED: &str = "accelerate_relay_admin_auth_refused_total";
+
+/// Why an admin request or a console sign-in was refused: a wrong or
+/// missing token, or an address that guessed too often and must wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    WrongToken,
+    Throttled,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 2] = [Refusal::WrongToken, Refusal::Throttled];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::WrongToken => "wrong_token",
+            Refusal::Throttled => "throttled",
+        }
+    }
+}
 
 /// Every answer of the receive path, as `result` labels: the contract's
 /// codes, the transport answers the relay gives itself, and other paths.
@@ -68,6 +88,7 @@ pub struct Metrics {
     deliveries: [[Gauge; 2]; 2],
     oldest_pending: [Gauge; 2],
     store_up: Gauge,
+    admin_refused: [Counter; 2],
     /// Per-minute counts of the same events, for the console's chart.
     pub activity: Activity,
 }
@@ -135,6 +156,10 @@ impl Metrics {
             STORE_UP,
             "1 when the store answered the scrape's queries, else 0.",
         );
+        r.describe_counter(
+            ADMIN_REFUSED,
+            "Admin API requests and console sign-ins refused, by reason: wrong_token (missing or wrong), throttled (the address guessed too often and waits).",
+        );
         r.describe_gauge(BUILD_INFO, "The relay's version, as a label; always 1.");
         r.describe_gauge(
             TLS_EXPIRY,
@@ -178,6 +203,8 @@ impl Metrics {
             oldest_pending: Environment::ALL
                 .map(|e| r.gauge(OLDEST_PENDING, &[("environment", e.as_str())])),
             store_up: r.gauge(STORE_UP, &[]),
+            admin_refused: Refusal::ALL
+                .map(|why| r.counter(ADMIN_REFUSED, &[("reason", why.as_str())])),
             activity: Activity::default(),
             recorder,
         })
@@ -201,6 +228,11 @@ impl Metrics {
         if let (Some(environment), "accepted") = (environment, RESULTS[result]) {
             self.activity.accepted(environment, Timestamp::now());
         }
+    }
+
+    /// One refused admin request or console sign-in.
+    pub fn admin_refused(&self, why: Refusal) {
+        self.admin_refused[why as usize].increment(1);
     }
 
     /// One delivery attempt and what it led to.

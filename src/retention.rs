@@ -23,6 +23,13 @@ pub async fn run(store: Store, retention: Duration, mut stop: watch::Receiver<bo
                 tracing::warn!(error = %e, "could not purge delivered events; will try again")
             }
         }
+        // Console sessions are kept as long past their expiry, for the audit.
+        if let Err(e) = store
+            .purge_sessions(Timestamp::now().minus(retention))
+            .await
+        {
+            tracing::warn!(error = %e, "could not purge expired console sessions; will try again");
+        }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => return,

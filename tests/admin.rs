@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "admin-token-0123456789";
+const TOKEN: &str = "admin-token-0123456789abcdef0123456789";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn admin(app: &TestApp, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -670,22 +670,32 @@ async fn audit_lines_are_well_formed_json() {
     )
     .await;
     assert_eq!(sent.expect("answer").status(), 200);
-    let retried = client
-        .post(format!("{}/admin/deliveries/dlv_1/retry", relay.address))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("retry");
+    // Retried once its first attempt has finished (a retry during it is 409).
+    mock.wait_for(1, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let retried = loop {
+        let answer = client
+            .post(format!("{}/admin/deliveries/dlv_1/retry", relay.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("retry");
+        if answer.status() != 409 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(retried.status(), 202);
     let log = std::fs::read_to_string(dir.path().join("relay.log")).expect("log");
     let audit: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("\"audit\":true"))
         .collect();
-    assert_eq!(audit.len(), 1, "{log}");
-    let line = audit[0];
+    // The 409s are audited too; the last line is the retry that was made.
+    assert!(!audit.is_empty(), "{log}");
+    let line = audit[audit.len() - 1];
     let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON");
-    for key in ["target", "action", "subject", "result", "peer"] {
+    for key in ["target", "actor", "action", "subject", "result", "peer"] {
         assert_eq!(
             line.matches(&format!("\"{key}\":")).count(),
             1,
@@ -694,6 +704,8 @@ async fn audit_lines_are_well_formed_json() {
     }
     assert_eq!(parsed["target"], "accelerate_relay::http::admin", "{line}");
     assert_eq!(parsed["action"], "retry");
+    assert_eq!(parsed["actor"], "api");
+    assert_eq!(parsed["result"], "pending, due now");
     assert_eq!(parsed["subject"], "dlv_1");
     assert_eq!(parsed["peer"], "127.0.0.1", "{line}");
 }

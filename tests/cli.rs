@@ -36,7 +36,10 @@ const SECRETS: &[(&str, &str)] = &[
         "RELAY_DATABASE_URL",
         "postgres://relay:pw-SECRET-four@db.internal/relay",
     ),
-    ("RELAY_ADMIN_TOKEN", "admin-SECRET-five"),
+    (
+        "RELAY_ADMIN_TOKEN",
+        "admin-SECRET-five-0123456789abcdef0123",
+    ),
 ];
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::browser::Browser;
 use common::*;
 
-const TOKEN: &str = "console-admin-token-0123456789";
+const TOKEN: &str = "console-admin-token-0123456789abcdef0123";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A relay with the console on its own admin listener, as deployed.

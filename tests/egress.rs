@@ -14,7 +14,7 @@ use common::tls::{ConnectProxy, TestCa, TlsFront};
 use common::*;
 use serde_json::Value;
 
-const TOKEN: &str = "admin-token-0123456789";
+const TOKEN: &str = "admin-token-0123456789abcdef0123456789";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A relay whose sandbox Accelerate is `url`, with the admin API on and

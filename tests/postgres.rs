@@ -150,7 +150,7 @@ async fn same_event_sent_to_two_replicas_at_once_is_accepted_once() {
 /// flight is refused too: the fence is the store's, not a replica's memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_another_replica_never_sends_beside_an_attempt_in_flight() {
-    const TOKEN: &str = "admin-token-0123456789";
+    const TOKEN: &str = "admin-token-0123456789abcdef0123456789";
     let db = TestDb::create(Backend::Postgres).await;
     let sandbox = MockAccelerate::start().await;
     let production = MockAccelerate::start().await;

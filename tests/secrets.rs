@@ -12,7 +12,7 @@ const AUTH: &str = "AUTHSECRET-sbx-7d1f0c";
 const SIG: &str = "SIGSECRET-sbx-93ab1e";
 const PRD_AUTH: &str = "AUTHSECRET-prd-51c2aa";
 const PRD_SIG: &str = "SIGSECRET-prd-0e77d4";
-const ADMIN: &str = "ADMINSECRET-4f4f4f";
+const ADMIN: &str = "ADMINSECRET-4f4f4f-0123456789abcdef0123";
 const DB_PASSWORD: &str = "DBSECRET-pw-8181";
 const TOKEN: &str = "tok_acc_TOKENSECRET_abcdef123456";
 

@@ -1,5 +1,6 @@
-//! The admin API: deliveries listed, shown with their attempts, and retried,
-//! behind `Authorization: Bearer $RELAY_ADMIN_TOKEN`.
+//! The admin API: deliveries listed, shown with their attempts, and retried;
+//! console sessions listed and revoked; behind `Authorization: Bearer
+//! $RELAY_ADMIN_TOKEN` (`guard::Operator`).
 //!
 //! It works over `store` like the CLI does, and never answers with a body, a
 //! forwarded header or a full token: `Delivery` and `AttemptView` hold none.
@@ -9,22 +10,31 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
-use super::AppState;
+use super::guard::Operator;
+use super::{get, post, AppState};
 use crate::event::Environment;
-use crate::store::{DeliveryId, ListFilter, Retried, StoreError, Timestamp};
+use crate::store::{DeliveryId, EndedBy, ListFilter, Retried, StoreError, Timestamp};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/deliveries", web::get().to(list))
-        .route("/admin/deliveries/retry-dead", web::post().to(retry_dead))
-        .route("/admin/deliveries/{id}", web::get().to(show))
-        .route("/admin/deliveries/{id}/retry", web::post().to(retry));
+    cfg.service(get("/admin/deliveries", list))
+        .service(post("/admin/deliveries/retry-dead", retry_dead))
+        .service(get("/admin/deliveries/{id}", show))
+        .service(post("/admin/deliveries/{id}/retry", retry))
+        .service(get("/admin/sessions", sessions))
+        .service(post("/admin/sessions/{id}/revoke", revoke_session));
 }
+
+/// Who an audit line says acted: the admin API, the CLI, or a console
+/// session (by its id).
+pub const API: &str = "api";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
-    #[error("no delivery {0}")]
+    #[error("too many wrong admin tokens from this address; try again in {} s", .0.as_secs().max(1))]
+    Throttled(std::time::Duration),
+    #[error("no {0}")]
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
@@ -38,6 +48,7 @@ impl ResponseError for AdminError {
     fn status_code(&self) -> StatusCode {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
@@ -53,6 +64,10 @@ impl ResponseError for AdminError {
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
                 json!({ "error": "unauthorized" })
             }
+            AdminError::Throttled(wait) => {
+                response.insert_header((header::RETRY_AFTER, retry_after(*wait)));
+                json!({ "error": "too_many_attempts", "message": self.to_string() })
+            }
             AdminError::NotFound(_) => json!({ "error": "not_found", "message": self.to_string() }),
             AdminError::BadRequest(m) => json!({ "error": "bad_request", "message": m }),
             AdminError::Conflict(m) => json!({ "error": "attempt_in_flight", "message": m }),
@@ -62,28 +77,12 @@ impl ResponseError for AdminError {
     }
 }
 
-/// The bearer token, compared in constant time. A refusal is logged with
-/// where it came from, never with what was sent.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
-    let token = state
-        .config
-        .admin_token
-        .as_ref()
-        .ok_or(AdminError::Unauthorized)?;
-    let sent = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    if sent.is_some_and(|sent| token.matches(sent)) {
-        return Ok(());
-    }
-    tracing::warn!(
-        path = req.path(),
-        peer = req.peer_addr().map(|a| tracing::field::display(a.ip())),
-        outcome = "refused",
-        "admin request without the right bearer token"
-    );
-    Err(AdminError::Unauthorized)
+/// Whole seconds to wait, rounded up: `Retry-After` never says 0 while
+/// the wait lasts.
+pub(super) fn retry_after(wait: std::time::Duration) -> String {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        .max(1)
+        .to_string()
 }
 
 /// A manual retry as the admin API and the console make it: the delivery
@@ -92,6 +91,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
 pub(super) async fn retry_now(
     req: &HttpRequest,
     state: &AppState,
+    actor: &str,
     action: &'static str,
     id: DeliveryId,
 ) -> Result<Retried, StoreError> {
@@ -104,7 +104,7 @@ pub(super) async fn retry_now(
         Retried::NotFound => "not found",
         Retried::InFlight { .. } => "refused: an attempt is in flight",
     };
-    audit(req, action, &id.to_string(), result);
+    audit(req, actor, action, &id.to_string(), result);
     Ok(retried)
 }
 
@@ -121,6 +121,7 @@ pub(super) fn in_flight_message(id: DeliveryId, lease_ends: Option<&str>) -> Str
 pub(super) async fn retry_dead_now(
     req: &HttpRequest,
     state: &AppState,
+    actor: &str,
     action: &'static str,
     environment: Option<Environment>,
 ) -> Result<u64, StoreError> {
@@ -131,6 +132,7 @@ pub(super) async fn retry_dead_now(
     state.wake.notify_one();
     audit(
         req,
+        actor,
         action,
         environment.map_or("all environments", Environment::as_str),
         &format!("{retried} pending, due now"),
@@ -139,14 +141,21 @@ pub(super) async fn retry_dead_now(
 }
 
 /// One line per admin request that got past the token, for the audit trail:
-/// what was done (`action`), to what (`subject`: a delivery, an environment,
-/// a session), with what result, from which address. Field names no log
-/// line already has (`target` is the logger's own), so a JSON reader keeps
-/// every one.
-pub(super) fn audit(req: &HttpRequest, action: &'static str, subject: &str, result: &str) {
+/// who acted (`actor`: `api` or the console session's id), what was done
+/// (`action`), to what (`subject`: a delivery, an environment, a session),
+/// with what result, from which address. Field names no log line already
+/// has (`target` is the logger's own), so a JSON reader keeps every one.
+pub(super) fn audit(
+    req: &HttpRequest,
+    actor: &str,
+    action: &'static str,
+    subject: &str,
+    result: &str,
+) {
     let peer = req.peer_addr().map(|a| a.ip());
     tracing::info!(
         audit = true,
+        actor,
         action,
         subject,
         result,
@@ -156,8 +165,11 @@ pub(super) fn audit(req: &HttpRequest, action: &'static str, subject: &str, resu
     );
 }
 
-async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AdminError> {
-    authorize(&req, &state)?;
+async fn list(
+    _: Operator,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
     let query = query_pairs(&req)?;
     let filter = ListFilter::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(AdminError::BadRequest)?;
@@ -167,6 +179,7 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
         .flatten();
     audit(
         &req,
+        API,
         "list",
         "deliveries",
         &format!("{} listed", deliveries.len()),
@@ -175,33 +188,33 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
 }
 
 async fn show(
+    _: Operator,
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AdminError> {
-    authorize(&req, &state)?;
     only(&req, &[])?;
     let id = delivery_id(&id)?;
     let detail = state
         .store
         .detail(id)
         .await?
-        .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
-    audit(&req, "show", &id.to_string(), "shown");
+        .ok_or_else(|| AdminError::NotFound(format!("delivery {id}")))?;
+    audit(&req, API, "show", &id.to_string(), "shown");
     Ok(HttpResponse::Ok().json(detail))
 }
 
 async fn retry(
+    _: Operator,
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AdminError> {
-    authorize(&req, &state)?;
     only(&req, &[])?;
     let id = delivery_id(&id)?;
-    match retry_now(&req, &state, "retry", id).await? {
+    match retry_now(&req, &state, API, "retry", id).await? {
         Retried::Due => {}
-        Retried::NotFound => return Err(AdminError::NotFound(id.to_string())),
+        Retried::NotFound => return Err(AdminError::NotFound(format!("delivery {id}"))),
         Retried::InFlight { lease_ends } => {
             return Err(AdminError::Conflict(in_flight_message(
                 id,
@@ -212,22 +225,73 @@ async fn retry(
     match state.store.get(id).await? {
         Some(delivery) => Ok(HttpResponse::Accepted().json(delivery)),
         // Purged between the retry and now: it was delivered meanwhile.
-        None => Err(AdminError::NotFound(id.to_string())),
+        None => Err(AdminError::NotFound(format!("delivery {id}"))),
     }
 }
 
 async fn retry_dead(
+    _: Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AdminError> {
-    authorize(&req, &state)?;
     // A typo here must not widen the action to every environment.
     let environment = match only(&req, &["environment"])?.first() {
         Some((_, e)) => Some(parse::<Environment>("environment", e)?),
         None => None,
     };
-    let retried = retry_dead_now(&req, &state, "retry-dead", environment).await?;
+    let retried = retry_dead_now(&req, &state, API, "retry-dead", environment).await?;
     Ok(HttpResponse::Ok().json(json!({ "retried": retried })))
+}
+
+/// The console sessions neither ended nor expired, newest first. Never the
+/// cookie's secret or a hash: what an operator needs to tell them apart.
+async fn sessions(
+    _: Operator,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let found = state.store.active_sessions(Timestamp::now()).await?;
+    let shown: Vec<_> = found
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "peer": s.peer,
+                "created_at": s.created_at.to_string(),
+                "expires_at": s.expires_at.to_string(),
+            })
+        })
+        .collect();
+    audit(
+        &req,
+        API,
+        "list-sessions",
+        "sessions",
+        &format!("{} listed", shown.len()),
+    );
+    Ok(HttpResponse::Ok().json(json!({ "sessions": shown })))
+}
+
+/// Ends a console session on every replica (its next request signs in again).
+async fn revoke_session(
+    _: Operator,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let id = super::console::session_id(&id).map_err(AdminError::BadRequest)?;
+    let ended = state
+        .store
+        .end_session(id, Timestamp::now(), EndedBy::Revoked)
+        .await?;
+    let result = if ended { "revoked" } else { "not found" };
+    audit(&req, API, "revoke-session", id, result);
+    if !ended {
+        return Err(AdminError::NotFound(format!("active session {id}")));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "revoked": id })))
 }
 
 /// The query string as its pairs, in order and with repeats (a map would

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod console;
+pub mod guard;
 pub mod ops;
 pub mod transport;
 pub mod webhook;
@@ -13,7 +14,10 @@ use std::time::Duration;
 use actix_http::error::DispatchError;
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
-use actix_web::{web, App, HttpResponse};
+use actix_web::http::header;
+use actix_web::{
+    guard as route_guard, web, App, FromRequest, Handler, HttpRequest, HttpResponse, Responder,
+};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -33,6 +37,8 @@ pub struct AppState {
     /// Hands the delivery worker the first attempt of an event just committed
     /// (inserted already claimed), so it is not read back from the store.
     pub handoff: tokio::sync::mpsc::Sender<crate::store::Claimed>,
+    /// Wrong admin tokens counted per client address.
+    pub throttle: guard::Throttle,
 }
 
 /// Headers (request line and headers) must arrive within this; slow clients
@@ -63,8 +69,8 @@ pub fn servers(
         App::new()
             .app_data(webhook_state.clone())
             .wrap_fn(transport::last_answer)
-            .route("/healthz", web::get().to(ops::healthz))
-            .route("/readyz", web::get().to(ops::readyz))
+            .service(get("/healthz", ops::healthz))
+            .service(get("/readyz", ops::readyz))
             .configure(|cfg| operator_routes(cfg, operator_here, &webhook_state.config))
             .service(webhook_route(
                 "/webhooks/checkoutdotcom",
@@ -207,11 +213,75 @@ fn operator_routes(cfg: &mut web::ServiceConfig, here: bool, config: &Config) {
     if !here {
         return;
     }
-    cfg.route("/metrics", web::get().to(ops::metrics));
+    cfg.service(get("/metrics", ops::metrics));
     if config.admin_token.is_some() {
         admin::routes(cfg);
         console::routes(cfg, config);
     }
+}
+
+/// A path that answers GET (and HEAD, as RFC 9110 asks: the same head, no
+/// body); any other method is 405 with `Allow`.
+pub(crate) fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::route().guard(get_or_head()).to(handler))
+        .default_service(web::to(|req: HttpRequest| {
+            method_not_allowed(req, "GET, HEAD")
+        }))
+}
+
+/// A path that answers POST only; any other method is 405 with `Allow`.
+pub(crate) fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST")))
+}
+
+/// A path with a page (GET, HEAD) and the form it sends (POST).
+pub(crate) fn get_post<G, GArgs, P, PArgs>(path: &str, page: G, form: P) -> actix_web::Resource
+where
+    G: Handler<GArgs>,
+    GArgs: FromRequest + 'static,
+    G::Output: Responder + 'static,
+    P: Handler<PArgs>,
+    PArgs: FromRequest + 'static,
+    P::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::route().guard(get_or_head()).to(page))
+        .route(web::post().to(form))
+        .default_service(web::to(|req: HttpRequest| {
+            method_not_allowed(req, "GET, HEAD, POST")
+        }))
+}
+
+fn get_or_head() -> route_guard::AnyGuard {
+    route_guard::Any(route_guard::Get()).or(route_guard::Head())
+}
+
+async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
+    let mut response = if req.path().starts_with("/console") {
+        console::method_not_allowed(allow)
+    } else {
+        HttpResponse::MethodNotAllowed().json(serde_json::json!({
+            "error": "method_not_allowed",
+            "message": format!("{} is not answered here; use {allow}", req.method()),
+        }))
+    };
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
 }
 
 /// Unknown paths on the webhook port are answered and counted like webhooks.

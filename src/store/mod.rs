@@ -7,6 +7,7 @@
 
 mod postgres;
 mod rows;
+mod sessions;
 mod sqlite;
 
 use std::fmt;
@@ -20,6 +21,7 @@ use crate::event::{AccelerateToken, Environment, EventId, EventType};
 use crate::verify::{Credentials, KeyRef};
 
 pub use postgres::PgStore;
+pub use sessions::{EndedBy, StoredSession};
 pub use sqlite::SqliteStore;
 
 /// The store the relay runs on, chosen by `RELAY_DATABASE_URL`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Value};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, SessionRow, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -72,6 +72,19 @@ static FINISH_GROUP: LazyLock<String> = LazyLock::new(|| {
         )
     )
 });
+
+/// Binds one `Value` to a `query` or `query_as` (they are different types).
+macro_rules! bind {
+    ($query:expr, $value:expr) => {
+        match $value {
+            Value::Int(n) => $query.bind(n),
+            Value::Text(t) => $query.bind(t),
+            Value::Blob(b) => $query.bind(b),
+            Value::Null => $query.bind(None::<i64>),
+            Value::NullText => $query.bind(None::<&str>),
+        }
+    };
+}
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -232,6 +245,28 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn exec(&self, sql: &'static str, params: &[Param]) -> Result<u64, StoreError> {
+        let mut query = sqlx::query(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        Ok(bounded(self.timeout, query.execute(&self.pool))
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn session_rows(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let mut query = sqlx::query_as::<_, SessionRow>(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        bounded(self.timeout, query.fetch_all(&self.pool)).await
+    }
+
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(rows::NEXT_DUE)
             .fetch_one(&self.pool)
@@ -251,13 +286,7 @@ impl PgStore {
         let sql = rows::list_sql();
         let mut query = sqlx::query_as::<_, DeliveryRow>(&sql);
         for value in rows::list_values(filter) {
-            query = match value {
-                Value::Int(n) => query.bind(n),
-                Value::Text(t) => query.bind(t),
-                Value::Blob(b) => query.bind(b),
-                Value::Null => query.bind(None::<i64>),
-                Value::NullText => query.bind(None::<&str>),
-            };
+            query = bind!(query, value);
         }
         let found = bounded(self.timeout, query.fetch_all(&self.pool)).await?;
         Ok(found.into_iter().map(Delivery::from).collect())

@@ -229,6 +229,42 @@ impl<'a> From<Option<&'a str>> for Value<'a> {
     }
 }
 
+/// An owned bound value, for statements queued to the SQLite writer.
+#[derive(Clone, Debug)]
+pub enum Param {
+    Int(i64),
+    Text(String),
+    NullText,
+}
+
+impl Param {
+    pub fn as_value(&self) -> Value<'_> {
+        match self {
+            Param::Int(n) => Value::Int(*n),
+            Param::Text(t) => Value::Text(t),
+            Param::NullText => Value::NullText,
+        }
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(text: Option<String>) -> Self {
+        text.map_or(Param::NullText, Param::Text)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct SessionRow {
+    pub(super) id: String,
+    pub(super) secret_hash: String,
+    pub(super) token_hash: String,
+    pub(super) peer: Option<String>,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) ended_at: Option<i64>,
+    pub(super) ended_by: Option<String>,
+}
+
 /// `$1` id, `$2` the attempt number claimed, `$3` now. Fenced like an
 /// outcome, so it never undoes a newer claim or a manual retry.
 pub const RELEASE: &str = "UPDATE deliveries SET next_attempt_at = $3, leased_until = NULL, \

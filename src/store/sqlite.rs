@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Value};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, SessionRow, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_delivered_by_environment.sql"),
     include_str!("../../migrations/sqlite/0005_authorization_key_refs.sql"),
     include_str!("../../migrations/sqlite/0006_delivered_attempt_in_row.sql"),
+    include_str!("../../migrations/sqlite/0007_console_sessions.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -97,6 +98,9 @@ enum Op {
     },
     /// A conversion finished: its marker deleted.
     Converted(&'static str, Reply<u64>),
+    /// One statement of the operator's side (sessions), answered with the
+    /// rows it changed.
+    Exec(&'static str, Vec<Param>, Reply<u64>),
     Close(oneshot::Sender<()>),
 }
 
@@ -358,6 +362,38 @@ impl SqliteStore {
         self.call(|reply| Op::Converted(name, reply))
             .await
             .map(|_| ())
+    }
+
+    pub async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
+        self.call(|reply| Op::Exec(sql, params, reply)).await
+    }
+
+    pub async fn session_rows(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(SessionRow {
+                    id: row.get(0)?,
+                    secret_hash: row.get(1)?,
+                    token_hash: row.get(2)?,
+                    peer: row.get(3)?,
+                    created_at: row.get(4)?,
+                    expires_at: row.get(5)?,
+                    ended_at: row.get(6)?,
+                    ended_by: row.get(7)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -800,6 +836,10 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
         Op::Converted(name, _) => {
             Done::Count(execute(conn, rows::CONVERTED, &[Value::Text(name)])?)
         }
+        Op::Exec(sql, params, _) => {
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            Done::Count(execute(conn, sql, &values)?)
+        }
         Op::Close(_) => Done::Finished,
     })
 }
@@ -870,7 +910,8 @@ impl Op {
                 | Op::Purge(_, r)
                 | Op::Release { reply: r, .. }
                 | Op::Rewrite { reply: r, .. }
-                | Op::Converted(_, r),
+                | Op::Converted(_, r)
+                | Op::Exec(_, _, r),
                 Ok(Done::Count(n)),
             ) => send(r, Ok(n)),
             (Op::Close(done), _) => {
@@ -889,7 +930,8 @@ impl Op {
                     | Op::Purge(_, r)
                     | Op::Release { reply: r, .. }
                     | Op::Rewrite { reply: r, .. }
-                    | Op::Converted(_, r) => send(r, Err(error)),
+                    | Op::Converted(_, r)
+                    | Op::Exec(_, _, r) => send(r, Err(error)),
                     Op::Close(done) => {
                         let _ = done.send(());
                     }

@@ -2,8 +2,9 @@
 //! `/console`, behind a sign-in with the admin token.
 //!
 //! Server-rendered (`pages`), no script at all, one embedded stylesheet. A
-//! session cookie (`session`) proves the sign-in; every form that changes
-//! something carries the session's CSRF token. Like the admin API it works
+//! session cookie names a session the store keeps (`session`); every form
+//! that changes something carries the session's CSRF token. Wrong tokens at
+//! the sign-in are throttled like the API's (`guard`). Like the admin API it works
 //! over `store` and never shows a body, a header or a full token.
 
 mod chart;
@@ -18,16 +19,15 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use maud::Markup;
 
-use super::admin::{audit, in_flight_message, retry_dead_now, retry_now};
-use super::AppState;
+use super::admin::{audit, in_flight_message, retry_after, retry_dead_now, retry_now};
+use super::{get, get_post, guard, post, AppState};
 use crate::config::Config;
 use crate::event::Environment;
-use crate::store::Retried;
-use crate::store::{DeliveryId, ListFilter, StoreError, Timestamp};
+use crate::store::{DeliveryId, EndedBy, ListFilter, Retried, StoreError, Timestamp};
 use pages::{EnvironmentView, ListForm, Window};
 use session::{Session, Sessions};
 
-pub use session::COOKIE;
+pub use session::{parse_id as session_id, COOKIE};
 
 /// No script, no other origin, no framing: the page is what the relay sent.
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
@@ -41,9 +41,31 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         return;
     };
     let sessions = web::Data::new(Sessions::new(token, config.console_secure_cookie));
+    // A form too large, not a form, or broken gets the console's own page.
+    let forms = web::FormConfig::default()
+        .limit(FORM_LIMIT)
+        .error_handler(|err, _req| {
+            let (status, message) = match &err {
+                actix_web::error::UrlencodedError::Overflow { .. } => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("The form is larger than the console takes ({FORM_LIMIT} bytes). Go back and send it again."),
+                ),
+                actix_web::error::UrlencodedError::ContentType => (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "The console takes forms sent as application/x-www-form-urlencoded, as its own pages send them.".to_owned(),
+                ),
+                other => (
+                    StatusCode::BAD_REQUEST,
+                    format!("The form could not be read ({other}). Go back, reload the page and try again."),
+                ),
+            };
+            let page = html(status, pages::problem(None, status.canonical_reason().unwrap_or("Bad request"), &message));
+            actix_web::error::InternalError::from_response(err, page).into()
+        });
     cfg.service(
         web::scope("/console")
             .app_data(sessions)
+            .app_data(forms)
             .wrap(
                 DefaultHeaders::new()
                     .add((header::CONTENT_SECURITY_POLICY, CSP))
@@ -52,20 +74,23 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
                     .add((header::REFERRER_POLICY, "no-referrer"))
                     .add((header::CACHE_CONTROL, "no-store")),
             )
-            .route("", web::get().to(overview))
-            .route("/", web::get().to(overview))
-            .route("/sign-in", web::get().to(sign_in_form))
-            .route("/sign-in", web::post().to(sign_in))
-            .route("/sign-out", web::post().to(sign_out))
-            .route("/deliveries", web::get().to(deliveries))
-            .route("/deliveries/{id}", web::get().to(delivery))
-            .route("/deliveries/{id}/retry", web::post().to(retry))
-            .route("/retry-dead", web::get().to(confirm_retry_dead))
-            .route("/retry-dead", web::post().to(retry_dead))
-            .route("/assets/console.css", web::get().to(stylesheet))
+            .service(get("", overview))
+            .service(get("/", overview))
+            .service(get_post("/sign-in", sign_in_form, sign_in))
+            .service(post("/sign-out", sign_out))
+            .service(get("/deliveries", deliveries))
+            .service(get("/deliveries/{id}", delivery))
+            .service(post("/deliveries/{id}/retry", retry))
+            .service(get_post("/retry-dead", confirm_retry_dead, retry_dead))
+            .service(get("/sessions", sessions_page))
+            .service(post("/sessions/{id}/revoke", revoke_session))
+            .service(get("/assets/console.css", stylesheet))
             .default_service(web::to(not_found)),
     );
 }
+
+/// The largest form the console takes: its forms are a token and a CSRF field.
+const FORM_LIMIT: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -83,6 +108,11 @@ pub enum ConsoleError {
     #[error("{0}")]
     Conflict(String),
     #[error(
+        "Too many wrong admin tokens came from your address. Wait {} s, then sign in with \
+         the value of RELAY_ADMIN_TOKEN.", .0.as_secs().max(1)
+    )]
+    Throttled(std::time::Duration),
+    #[error(
         "The store did not answer ({0}). /readyz on the webhook port tells whether it is \
          down; try again when it is back."
     )]
@@ -97,6 +127,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
+            ConsoleError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -108,33 +139,46 @@ impl ResponseError for ConsoleError {
             ConsoleError::NotFound(_) => "Not found",
             ConsoleError::BadRequest(_) => "Bad request",
             ConsoleError::Conflict(_) => "An attempt is in flight",
+            ConsoleError::Throttled(_) => "Too many attempts",
             ConsoleError::Store(_) => "Store unavailable",
         };
-        html(
+        let mut response = html(
             self.status_code(),
             pages::problem(None, title, &self.to_string()),
-        )
+        );
+        if let ConsoleError::Throttled(wait) = self {
+            let value = HeaderValue::from_str(&retry_after(*wait)).expect("digits");
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
 /// The signed-in operator, or a redirect to the sign-in page.
-fn signed_in(req: &HttpRequest, sessions: &Sessions) -> Result<Session, ConsoleError> {
+async fn signed_in(
+    req: &HttpRequest,
+    sessions: &Sessions,
+    state: &AppState,
+) -> Result<Session, ConsoleError> {
     sessions
-        .read(req, Timestamp::now())
+        .read(req, &state.store, Timestamp::now())
+        .await?
         .ok_or(ConsoleError::SignIn)
 }
 
 /// A state-changing form: signed in, and carrying this session's CSRF token.
-fn checked(
+async fn checked(
     req: &HttpRequest,
     sessions: &Sessions,
+    state: &AppState,
     form: &HashMap<String, String>,
 ) -> Result<Session, ConsoleError> {
-    let session = signed_in(req, sessions)?;
+    let session = signed_in(req, sessions, state).await?;
     if !session.accepts(form.get("csrf").map(String::as_str)) {
         tracing::warn!(
             path = req.path(),
             peer = req.peer_addr().map(|a| tracing::field::display(a.ip())),
+            actor = session.id(),
             outcome = "refused",
             "console form without this session's CSRF token"
         );
@@ -143,14 +187,20 @@ fn checked(
     Ok(session)
 }
 
-async fn sign_in_form(req: HttpRequest, sessions: web::Data<Sessions>) -> HttpResponse {
-    match sessions.read(&req, Timestamp::now()) {
-        Some(_) => see_other("/console"),
-        None => {
-            let warning = cookie_warning(&req, &sessions);
-            html(StatusCode::OK, pages::sign_in(None, warning.as_deref()))
-        }
-    }
+async fn sign_in_form(
+    req: HttpRequest,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    Ok(
+        match sessions.read(&req, &state.store, Timestamp::now()).await? {
+            Some(_) => see_other("/console"),
+            None => {
+                let warning = cookie_warning(&req, &sessions);
+                html(StatusCode::OK, pages::sign_in(None, warning.as_deref()))
+            }
+        },
+    )
 }
 
 /// A `Secure` cookie over plain HTTP to anything but this machine is dropped
@@ -181,46 +231,129 @@ async fn sign_in(
     form: web::Form<HashMap<String, String>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let token = state.config.admin_token.as_ref();
-    let sent = form.get("token").map(String::as_bytes);
-    if !token.zip(sent).is_some_and(|(t, sent)| t.matches(sent)) {
-        tracing::warn!(
-            path = req.path(),
-            peer = req.peer_addr().map(|a| tracing::field::display(a.ip())),
-            outcome = "refused",
-            "console sign-in with a wrong admin token"
-        );
-        let warning = cookie_warning(&req, &sessions);
-        let page = pages::sign_in(
-            Some("That is not the admin token. Use the value of RELAY_ADMIN_TOKEN."),
-            warning.as_deref(),
-        );
-        return html(StatusCode::UNAUTHORIZED, page);
-    }
-    let (session, cookie) = sessions.start(Timestamp::now());
-    audit(&req, "console-sign-in", session.id(), "signed in");
+) -> Result<HttpResponse, ConsoleError> {
+    let tokens = state
+        .config
+        .admin_token
+        .as_ref()
+        .ok_or(ConsoleError::SignIn)?;
+    // Trimmed as the configured tokens are: a pasted token with a newline works.
+    let sent = form.get("token").map(|t| t.trim().as_bytes());
+    let client = guard::client(&req, &state.config);
+    let token = match guard::admit(&state.throttle, tokens, client, sent, "console sign-in") {
+        Ok(token) => token,
+        Err(Some(wait)) => return Err(ConsoleError::Throttled(wait)),
+        Err(None) => {
+            let warning = cookie_warning(&req, &sessions);
+            let page = pages::sign_in(
+                Some("That is not the admin token. Use the value of RELAY_ADMIN_TOKEN."),
+                warning.as_deref(),
+            );
+            return Ok(html(StatusCode::UNAUTHORIZED, page));
+        }
+    };
+    let (session, cookie) = sessions
+        .start(&state.store, token, client, Timestamp::now())
+        .await?;
+    audit(
+        &req,
+        session.id(),
+        "console-sign-in",
+        session.id(),
+        "signed in",
+    );
     let mut response = see_other("/console");
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).expect("the cookie is hex and ASCII attributes"),
     );
-    response
+    Ok(response)
 }
 
 async fn sign_out(
     req: HttpRequest,
     form: web::Form<HashMap<String, String>>,
     sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = checked(&req, &sessions, &form)?;
-    audit(&req, "console-sign-out", session.id(), "signed out");
+    let session = checked(&req, &sessions, &state, &form).await?;
+    end_session(&req, &state, &session, session.id(), EndedBy::SignedOut).await?;
+    Ok(signed_out(&sessions))
+}
+
+/// Ends `id` (this session or another) in the store, for every replica.
+async fn end_session(
+    req: &HttpRequest,
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    by: EndedBy,
+) -> Result<bool, ConsoleError> {
+    let ended = state.store.end_session(id, Timestamp::now(), by).await?;
+    let (action, result) = match (by, ended) {
+        (EndedBy::SignedOut, _) => ("console-sign-out", "signed out"),
+        (EndedBy::Revoked, true) => ("console-revoke-session", "revoked"),
+        (EndedBy::Revoked, false) => ("console-revoke-session", "not found"),
+    };
+    audit(req, session.id(), action, id, result);
+    Ok(ended)
+}
+
+/// To the sign-in page, with the cookie removed from the browser.
+fn signed_out(sessions: &Sessions) -> HttpResponse {
     let mut response = see_other("/console/sign-in");
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&sessions.end()).expect("ASCII attributes"),
     );
-    Ok(response)
+    response
+}
+
+async fn sessions_page(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions, &state).await?;
+    let active = state.store.active_sessions(Timestamp::now()).await?;
+    let notice = query
+        .get("notice")
+        .and_then(|n| sessions.open_notice(&session, n))
+        .map(notice_text);
+    Ok(html(
+        StatusCode::OK,
+        pages::sessions(&session, &active, notice.as_deref()),
+    ))
+}
+
+async fn revoke_session(
+    req: HttpRequest,
+    id: web::Path<String>,
+    form: web::Form<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = checked(&req, &sessions, &state, &form).await?;
+    let id = session_id(&id).map_err(ConsoleError::BadRequest)?;
+    let own = id == session.id();
+    let by = if own {
+        EndedBy::SignedOut
+    } else {
+        EndedBy::Revoked
+    };
+    if !end_session(&req, &state, &session, id, by).await? && !own {
+        return Err(ConsoleError::NotFound(format!(
+            "There is no active session {id}: it has ended or expired already."
+        )));
+    }
+    if own {
+        return Ok(signed_out(&sessions));
+    }
+    Ok(see_other(&format!(
+        "/console/sessions?notice={}",
+        sessions.seal_notice(&session, &format!("revoked:{id}"))
+    )))
 }
 
 async fn overview(
@@ -229,7 +362,7 @@ async fn overview(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = signed_in(&req, &sessions)?;
+    let session = signed_in(&req, &sessions, &state).await?;
     let window = match query.get("window").map(String::as_str) {
         None | Some("hour") => Window::Hour,
         Some("day") => Window::Day,
@@ -265,7 +398,7 @@ async fn deliveries(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = signed_in(&req, &sessions)?;
+    let session = signed_in(&req, &sessions, &state).await?;
     let mut form = ListForm::default();
     let mut notice = None;
     let mut pairs = Vec::new();
@@ -325,7 +458,7 @@ async fn delivery(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = signed_in(&req, &sessions)?;
+    let session = signed_in(&req, &sessions, &state).await?;
     let id = delivery_id(&id)?;
     let detail = state.store.detail(id).await?.ok_or_else(|| missing(id))?;
     let notice = query
@@ -345,9 +478,9 @@ async fn retry(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = checked(&req, &sessions, &form)?;
+    let session = checked(&req, &sessions, &state, &form).await?;
     let id = delivery_id(&id)?;
-    match retry_now(&req, &state, "console-retry", id).await? {
+    match retry_now(&req, &state, session.id(), "console-retry", id).await? {
         Retried::Due => {}
         Retried::NotFound => return Err(missing(id)),
         Retried::InFlight { lease_ends } => {
@@ -369,7 +502,7 @@ async fn confirm_retry_dead(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = signed_in(&req, &sessions)?;
+    let session = signed_in(&req, &sessions, &state).await?;
     let environment = environment(&query)?;
     let dead = state
         .store
@@ -391,9 +524,16 @@ async fn retry_dead(
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let session = checked(&req, &sessions, &form)?;
+    let session = checked(&req, &sessions, &state, &form).await?;
     let environment = environment(&form)?;
-    let retried = retry_dead_now(&req, &state, "console-retry-dead", environment).await?;
+    let retried = retry_dead_now(
+        &req,
+        &state,
+        session.id(),
+        "console-retry-dead",
+        environment,
+    )
+    .await?;
     Ok(see_other(&format!(
         "/console/deliveries?status=pending&notice={}",
         sessions.seal_notice(&session, &format!("retried-dead:{retried}"))
@@ -405,6 +545,20 @@ async fn stylesheet() -> HttpResponse {
         .content_type("text/css; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "private, max-age=300"))
         .body(STYLESHEET)
+}
+
+/// The console's page for a method its path does not answer (405).
+pub(super) fn method_not_allowed(allow: &str) -> HttpResponse {
+    html(
+        StatusCode::METHOD_NOT_ALLOWED,
+        pages::problem(
+            None,
+            "Method not allowed",
+            &format!(
+                "This console page answers {allow} only. Use the console's links and buttons."
+            ),
+        ),
+    )
 }
 
 async fn not_found() -> HttpResponse {
@@ -455,6 +609,7 @@ fn notice_text(notice: &str) -> String {
         Some(("retried-dead", n)) => {
             format!("Retried: {n} dead deliveries were made pending and due now.")
         }
+        Some(("revoked", id)) => format!("Revoked: session {id} is signed out on every replica."),
         _ => "Done.".to_owned(),
     }
 }

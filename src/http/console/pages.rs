@@ -8,13 +8,14 @@ use super::chart;
 use super::session::Session;
 use crate::activity::Minute;
 use crate::event::Environment;
-use crate::store::{Counts, Delivery, DeliveryDetail, Timestamp};
+use crate::store::{Counts, Delivery, DeliveryDetail, StoredSession, Timestamp};
 
 /// The page a link in the header is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Overview,
     Deliveries,
+    Sessions,
     None,
 }
 
@@ -36,6 +37,7 @@ pub fn layout(title: &str, session: Option<&Session>, nav: Nav, body: Markup) ->
                         nav {
                             a href="/console" aria-current=[current(Nav::Overview)] { "Overview" }
                             a href="/console/deliveries" aria-current=[current(Nav::Deliveries)] { "Deliveries" }
+                            a href="/console/sessions" aria-current=[current(Nav::Sessions)] { "Sessions" }
                         }
                         form.sign-out method="post" action="/console/sign-out" {
                             (csrf(session))
@@ -315,6 +317,36 @@ pub fn confirm_retry_dead(
         }
     };
     layout("Retry all dead", Some(session), Nav::Deliveries, body)
+}
+
+/// The console sessions signed in now, each with a button that ends it.
+pub fn sessions(session: &Session, active: &[StoredSession], notice: Option<&str>) -> Markup {
+    let body = html! {
+        h1 { "Sessions" }
+        @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+        p { "Console sign-ins that have not ended. Revoking one signs it out on every replica at its next request. "
+            "The admin API's bearer tokens are not sessions: rotate " code { "RELAY_ADMIN_TOKEN" } " to end those." }
+        table.sessions {
+            thead { tr { th { "Session" } th { "Signed in (UTC)" } th { "Expires (UTC)" } th { "From" } th { "" } } }
+            tbody {
+                @for s in active {
+                    tr data-session=(s.id) {
+                        td.session-id { (s.id) @if s.id == session.id() { " " span.you { "(this session)" } } }
+                        td { (short(&s.created_at.to_string())) }
+                        td { (short(&s.expires_at.to_string())) }
+                        td { (s.peer.as_deref().unwrap_or("unknown")) }
+                        td {
+                            form.revoke method="post" action=(format!("/console/sessions/{}/revoke", s.id)) {
+                                (csrf(session))
+                                button.danger type="submit" { @if s.id == session.id() { "Sign out" } @else { "Revoke" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Sessions", Some(session), Nav::Sessions, body)
 }
 
 /// A page for an error: what is wrong and what to do.

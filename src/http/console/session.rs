@@ -1,80 +1,101 @@
-//! The console's sign-in session: a signed, expiring cookie, and the CSRF
-//! token its forms carry.
+//! The console's sign-in session: a cookie naming a session the server
+//! keeps (`store::StoredSession`), and the CSRF token its forms carry.
 //!
-//! Nothing is kept on the server. The signing key is derived from the admin
-//! token, so every replica accepts the same session, a restart keeps it, and
-//! changing `RELAY_ADMIN_TOKEN` signs everyone out.
+//! The cookie holds the session's id and a random secret; the store holds
+//! the secret's SHA-256 only. Signing out or revoking ends the row, so the
+//! cookie stops working on every replica at once; removing an admin token
+//! from `RELAY_ADMIN_TOKEN` ends the sessions signed in with it.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::secret::Secret;
-use crate::store::Timestamp;
+use crate::secret::{KeyRing, Secret};
+use crate::store::{Store, StoreError, StoredSession, Timestamp};
 
 pub const COOKIE: &str = "relay_console";
 /// How long a sign-in lasts: a working day, not longer.
 pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
 const PATH: &str = "/console";
+const PREFIX: &str = "ses_";
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Issues and checks sessions with a key only the relay knows.
+/// Issues sessions and reads them back from the store.
 pub struct Sessions {
-    key: [u8; 32],
+    /// SHA-256 of each configured admin token, in the configured order.
+    tokens: Vec<String>,
     secure: bool,
 }
 
 /// A signed-in operator.
 pub struct Session {
-    nonce: String,
+    id: String,
+    secret: String,
     csrf: String,
 }
 
 impl Sessions {
-    pub fn new(admin_token: &Secret, secure: bool) -> Self {
-        let mut mac = HmacSha256::new_from_slice(admin_token.expose().as_bytes())
-            .expect("HMAC takes keys of any length");
-        mac.update(b"accelerate-relay console session v1");
+    pub fn new(tokens: &KeyRing, secure: bool) -> Self {
         Self {
-            key: mac.finalize().into_bytes().into(),
+            tokens: tokens.iter().map(token_hash).collect(),
             secure,
         }
     }
 
-    /// A new session and the `Set-Cookie` value that carries it.
-    pub fn start(&self, now: Timestamp) -> (Session, String) {
-        let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let expires = now.plus(LIFETIME).0;
-        let payload = format!("v1.{expires}.{nonce}");
-        let value = format!("{payload}.{}", hex::encode(self.sign(&payload)));
-        let cookie = self.cookie(&value, LIFETIME.as_secs());
-        (self.session(nonce), cookie)
+    /// A new session, committed, for the admin token at `token` in the
+    /// configured list, and the `Set-Cookie` value that carries it.
+    pub async fn start(
+        &self,
+        store: &Store,
+        token: usize,
+        peer: Option<IpAddr>,
+        now: Timestamp,
+    ) -> Result<(Session, String), StoreError> {
+        let id = format!("{PREFIX}{}", hex::encode(rand::random::<[u8; 8]>()));
+        let secret = hex::encode(rand::random::<[u8; 16]>());
+        store
+            .create_session(&StoredSession {
+                id: id.clone(),
+                secret_hash: sha256_hex(secret.as_bytes()),
+                token_hash: self.tokens[token].clone(),
+                peer: peer.map(|p| p.to_string()),
+                created_at: now,
+                expires_at: now.plus(LIFETIME),
+                ended_at: None,
+                ended_by: None,
+            })
+            .await?;
+        let cookie = self.cookie(&format!("v2.{id}.{secret}"), LIFETIME.as_secs());
+        Ok((Session::new(id, secret), cookie))
     }
 
-    /// The session the request's cookie proves, if it is ours and not expired.
-    pub fn read(&self, req: &HttpRequest, now: Timestamp) -> Option<Session> {
-        let value = req
-            .headers()
-            .get_all(header::COOKIE)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
-        let (payload, mac) = value.rsplit_once('.')?;
-        let mut check = self.mac();
-        check.update(payload.as_bytes());
-        check.verify_slice(&hex::decode(mac).ok()?).ok()?;
-        let mut parts = payload.split('.');
-        let (Some("v1"), Some(expires), Some(nonce), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
+    /// The session the request's cookie names, if the store has it active,
+    /// its secret matches, and the token it signed in with is still configured.
+    pub async fn read(
+        &self,
+        req: &HttpRequest,
+        store: &Store,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let Some((id, secret)) = cookie_of(req) else {
+            return Ok(None);
         };
-        (expires.parse::<i64>().ok()? > now.0).then(|| self.session(nonce.to_owned()))
+        let Some(stored) = store.session(id).await? else {
+            return Ok(None);
+        };
+        let secret_ok: bool = sha256_hex(secret.as_bytes())
+            .as_bytes()
+            .ct_eq(stored.secret_hash.as_bytes())
+            .into();
+        let token_ok = self.tokens.contains(&stored.token_hash);
+        Ok((secret_ok && token_ok && stored.active(now))
+            .then(|| Session::new(stored.id, secret.to_owned())))
     }
 
     /// Whether the cookie is marked `Secure` (HTTPS only, but for localhost).
@@ -91,21 +112,16 @@ impl Sessions {
     /// shows only a notice the relay itself wrote for it (a count in a
     /// crafted link would otherwise be shown as if the relay had said it).
     pub fn seal_notice(&self, session: &Session, notice: &str) -> String {
-        let mac = self.sign(&format!("notice.{}.{notice}", session.nonce));
+        let mac = session.sign(&format!("notice.{notice}"));
         format!("{notice}.{}", hex::encode(&mac[..16]))
     }
 
     /// The notice `sealed` carries, when this session's seal is on it.
     pub fn open_notice<'a>(&self, session: &Session, sealed: &'a str) -> Option<&'a str> {
         let (notice, mac) = sealed.rsplit_once('.')?;
-        let expected = self.sign(&format!("notice.{}.{notice}", session.nonce));
+        let expected = session.sign(&format!("notice.{notice}"));
         let sent = hex::decode(mac).ok()?;
         (sent.len() == 16 && bool::from(expected[..16].ct_eq(&sent))).then_some(notice)
-    }
-
-    fn session(&self, nonce: String) -> Session {
-        let csrf = hex::encode(self.sign(&format!("csrf.{nonce}")));
-        Session { nonce, csrf }
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> String {
@@ -114,19 +130,52 @@ impl Sessions {
             "{COOKIE}={value}; Path={PATH}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
         )
     }
+}
 
-    fn sign(&self, payload: &str) -> [u8; 32] {
-        let mut mac = self.mac();
-        mac.update(payload.as_bytes());
-        mac.finalize().into_bytes().into()
-    }
+/// `v2.<id>.<secret>` from the request's cookie, if it has that shape.
+fn cookie_of(req: &HttpRequest) -> Option<(&str, &str)> {
+    let value = req
+        .headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
+    let (id, secret) = value.strip_prefix("v2.")?.split_once('.')?;
+    parse_id(id).ok()?;
+    Some((id, secret))
+}
 
-    fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
-    }
+/// A session id as the relay prints it: `ses_` and 16 lower-case hex digits.
+pub fn parse_id(value: &str) -> Result<&str, String> {
+    value
+        .strip_prefix(PREFIX)
+        .filter(|hex| {
+            hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+        .map(|_| value)
+        .ok_or_else(|| format!("`{value}` is not a session id (ses_ and 16 hex digits)"))
+}
+
+/// Which admin token a session signed in with, without keeping the token.
+fn token_hash(token: &Secret) -> String {
+    sha256_hex(format!("accelerate-relay admin token v1:{}", token.expose()).as_bytes())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 impl Session {
+    fn new(id: String, secret: String) -> Self {
+        let mut session = Self {
+            id,
+            secret,
+            csrf: String::new(),
+        };
+        session.csrf = hex::encode(session.sign("csrf"));
+        session
+    }
+
     /// What every form of this session carries in its `csrf` field.
     pub fn csrf(&self) -> &str {
         &self.csrf
@@ -137,9 +186,18 @@ impl Session {
         sent.is_some_and(|sent| bool::from(self.csrf.as_bytes().ct_eq(sent.as_bytes())))
     }
 
-    /// Short and not secret: which session did something, for the audit line.
+    /// Not secret: which session did something, for audit lines and the list.
     pub fn id(&self) -> &str {
-        &self.nonce[..8]
+        &self.id
+    }
+
+    /// Keyed with the session's own secret: only this session's pages can
+    /// carry its CSRF token or its notices.
+    fn sign(&self, payload: &str) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(self.secret.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(payload.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 }
 
@@ -148,36 +206,35 @@ mod tests {
     use super::*;
     use actix_web::test::TestRequest;
 
-    fn sent(cookie: &str) -> HttpRequest {
-        let value = cookie.split(';').next().expect("name=value first");
+    fn sent(value: &str) -> HttpRequest {
         TestRequest::default()
-            .insert_header((header::COOKIE, format!("other=1; {value}")))
+            .insert_header((header::COOKIE, format!("other=1; {COOKIE}={value}")))
             .to_http_request()
     }
 
     #[test]
-    fn a_session_is_read_back_until_it_expires() {
-        let sessions = Sessions::new(&Secret::new("admin-token"), true);
-        let now = Timestamp(1_000_000);
-        let (session, cookie) = sessions.start(now);
-        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
-        assert!(cookie.contains("; Secure"));
-        let read = sessions.read(&sent(&cookie), now).expect("valid session");
-        assert_eq!(read.csrf(), session.csrf());
-        assert!(read.accepts(Some(session.csrf())));
-        assert!(!read.accepts(Some("0")) && !read.accepts(None));
-        assert!(sessions.read(&sent(&cookie), now.plus(LIFETIME)).is_none());
+    fn only_a_well_formed_cookie_names_a_session() {
+        let id = "ses_0123456789abcdef";
+        assert_eq!(
+            cookie_of(&sent(&format!("v2.{id}.s3cret"))),
+            Some((id, "s3cret"))
+        );
+        assert_eq!(cookie_of(&sent(&format!("v1.{id}.s3cret"))), None);
+        assert_eq!(cookie_of(&sent("v2.ses_0123.s3cret")), None);
+        assert_eq!(cookie_of(&sent(&format!("v2.{id}"))), None);
+        assert!(parse_id("ses_0123456789ABCDEF").is_err());
+        assert!(parse_id("0123456789abcdef").is_err());
     }
 
     #[test]
-    fn a_changed_cookie_or_admin_token_is_no_session() {
-        let sessions = Sessions::new(&Secret::new("admin-token"), false);
-        let now = Timestamp(1_000_000);
-        let (_, cookie) = sessions.start(now);
-        assert!(!cookie.contains("Secure"));
-        let later = cookie.replacen("v1.", "v1.9", 1);
-        assert!(sessions.read(&sent(&later), now).is_none());
-        let rotated = Sessions::new(&Secret::new("admin-token-2"), false);
-        assert!(rotated.read(&sent(&cookie), now).is_none());
+    fn csrf_tokens_and_notices_belong_to_one_session() {
+        let a = Session::new("ses_0000000000000001".into(), "secret-a".into());
+        let b = Session::new("ses_0000000000000001".into(), "secret-b".into());
+        assert!(a.accepts(Some(a.csrf())));
+        assert!(!a.accepts(Some(b.csrf())) && !a.accepts(None));
+        let sessions = Sessions::new(&KeyRing::parse("x").expect("a token"), false);
+        let sealed = sessions.seal_notice(&a, "retried");
+        assert_eq!(sessions.open_notice(&a, &sealed), Some("retried"));
+        assert_eq!(sessions.open_notice(&b, &sealed), None);
     }
 }
