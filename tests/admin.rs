@@ -686,10 +686,28 @@ async fn audit_lines_are_well_formed_json() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(retried.status(), 202);
+    // The console's lines name the session that acted.
+    let session = operator::sign_in(&relay.address, TOKEN)
+        .await
+        .expect("signed in");
+    let csrf = session.csrf(&relay.address).await;
+    let (status, _) = session
+        .post(&relay.address, "/console/sign-out", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 303);
     let log = std::fs::read_to_string(dir.path().join("relay.log")).expect("log");
+    for action in ["console-sign-in", "console-sign-out"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("\"action\":\"{action}\"")))
+            .unwrap_or_else(|| panic!("{action} in {log}"));
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        assert_eq!(parsed["actor"], session.id().as_str(), "{line}");
+        assert_eq!(parsed["subject"], session.id().as_str(), "{line}");
+    }
     let audit: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("\"audit\":true"))
+        .filter(|l| l.contains("\"audit\":true") && l.contains("\"action\":\"retry\""))
         .collect();
     // The 409s are audited too; the last line is the retry that was made.
     assert!(!audit.is_empty(), "{log}");

@@ -56,6 +56,12 @@ fn check_config_prints_what_would_run_with_secrets_masked() {
     assert!(stdout.contains("db.internal"));
     assert!(stdout.contains("log format:           json\n"), "{stdout}");
     assert!(
+        stdout.contains(
+            "admin API:            on, 1 token (each checked: printable ASCII, at least 32 characters)"
+        ),
+        "{stdout}"
+    );
+    assert!(
         !stdout.contains("SECRET"),
         "a secret was printed:\n{stdout}"
     );
@@ -90,6 +96,15 @@ fn check_config_fails_naming_the_variable() {
                 ("RELAY_DELIVERY_TIMEOUT_MS", "soon"),
             ],
             "RELAY_DELIVERY_TIMEOUT_MS",
+        ),
+        // A weak admin token is refused by check-config as by start-up.
+        (
+            &[
+                ("CKO_SANDBOX_AUTHORIZATION_KEY", "a-SECRET"),
+                ("CKO_SANDBOX_SIGNATURE_KEY", "s-SECRET"),
+                ("RELAY_ADMIN_TOKEN", "admin-SECRET"),
+            ],
+            "RELAY_ADMIN_TOKEN: the token is 12 characters, shorter than the 32 required",
         ),
         // Values that would overflow or exhaust something at run time.
         (

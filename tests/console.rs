@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::browser::Browser;
+use common::operator;
 use common::*;
 
 const TOKEN: &str = "console-admin-token-0123456789abcdef0123";
+const COOKIE_NAME: &str = accelerate_relay::http::console::COOKIE;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A relay with the console on its own admin listener, as deployed.
@@ -474,8 +476,65 @@ async fn console_headers_cookie_and_listeners(backend: Backend) {
     app.stop().await;
 }
 
+/// The sessions page lists who is signed in and revokes another session;
+/// signing out in the browser ends the cookie it had, not only its copy in
+/// the browser.
+async fn sessions_are_revoked_and_sign_out_ends_the_cookie(backend: Backend) {
+    let app = console_app(backend).await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let base = app.admin_address.clone().expect("an admin listener");
+    sign_in(&browser, &app).await;
+    let other = operator::sign_in(&base, TOKEN)
+        .await
+        .expect("a second sign-in");
+
+    browser.click("nav a[href='/console/sessions']").await;
+    assert_eq!(browser.text("h1").await, "Sessions");
+    assert_eq!(browser.count("table.sessions tbody tr").await, 2);
+    assert_eq!(browser.count("span.you").await, 1, "this session is marked");
+    let (dir, name) = screenshots(backend, "console-sessions");
+    browser.screenshot(&dir, &name).await;
+
+    browser
+        .click(&format!(
+            "tr[data-session='{}'] form.revoke button",
+            other.id()
+        ))
+        .await;
+    assert_eq!(browser.path().await, "/console/sessions");
+    let notice = browser.text("p.notice").await;
+    assert!(
+        notice.contains(&format!("session {}", other.id())),
+        "{notice}"
+    );
+    assert_eq!(browser.count("table.sessions tbody tr").await, 1);
+    assert!(!other.opens(&base).await, "the revoked cookie is refused");
+
+    let cookie = browser
+        .client
+        .get_named_cookie(COOKIE_NAME)
+        .await
+        .expect("the browser holds the session cookie");
+    let kept = operator::ConsoleSession {
+        client: operator::no_redirects(),
+        cookie: format!("{COOKIE_NAME}={}", cookie.value()),
+    };
+    assert!(kept.opens(&base).await);
+    browser.click("form.sign-out button").await;
+    assert_eq!(browser.path().await, "/console/sign-in");
+    assert!(
+        !kept.opens(&base).await,
+        "the cookie a browser had is dead after sign-out"
+    );
+    browser.close().await;
+    app.stop().await;
+}
+
 on_both_stores!(
     sign_in_needs_the_admin_token,
+    sessions_are_revoked_and_sign_out_ends_the_cookie,
     overview_counts_real_traffic_and_the_token_filter_finds_the_event,
     dead_delivery_is_retried_with_the_button,
     retry_all_dead_asks_first,

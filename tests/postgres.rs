@@ -9,6 +9,7 @@ use std::time::Duration;
 use accelerate_relay::config::Config;
 use accelerate_relay::Application;
 use actix_web::dev::ServerHandle;
+use common::operator;
 use common::process::RelayProcess;
 use common::proxy::Proxy;
 use common::*;
@@ -175,6 +176,45 @@ async fn a_retry_on_another_replica_never_sends_beside_an_attempt_in_flight() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sandbox.received().len(), 1, "one send");
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// A console session lives in the database: signed in on one replica it
+/// opens the other, and signed out (or revoked) on one it is refused by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_on_one_replica_ends_the_session_on_every_replica() {
+    const TOKEN: &str = "admin-token-0123456789abcdef0123456789";
+    let db = TestDb::create(Backend::Postgres).await;
+    let sandbox = MockAccelerate::start().await;
+    let production = MockAccelerate::start().await;
+    let vars = with_overrides(
+        base_vars(&sandbox, &production, db.url()),
+        &[("RELAY_ADMIN_TOKEN", TOKEN)],
+    );
+    let replicas = replicas(2, vars).await;
+    let (a, b) = (&replicas[0].address, &replicas[1].address);
+
+    let session = operator::sign_in(a, TOKEN).await.expect("signed in on a");
+    assert!(session.opens(a).await && session.opens(b).await);
+    let csrf = session.csrf(b).await;
+    let (status, _) = session
+        .post(b, "/console/sign-out", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 303);
+    assert!(!session.opens(a).await, "signed out on b, refused by a");
+    assert!(!session.opens(b).await);
+
+    let other = operator::sign_in(b, TOKEN).await.expect("signed in on b");
+    let revoked = reqwest::Client::new()
+        .post(format!("{a}/admin/sessions/{}/revoke", other.id()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(revoked.status(), 200);
+    assert!(!other.opens(b).await, "revoked on a, refused by b");
     for replica in replicas {
         replica.stop().await;
     }

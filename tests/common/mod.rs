@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod db;
 pub mod mock;
+pub mod operator;
 pub mod process;
 pub mod proxy;
 pub mod tls;
