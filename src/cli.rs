@@ -78,6 +78,9 @@ enum DeliveriesCommand {
         accelerate_token: Option<String>,
         #[arg(long)]
         event_id: Option<String>,
+        /// Checkout.com's payment id (`data.id`, pay_…).
+        #[arg(long)]
+        payment_id: Option<String>,
         /// RFC 3339 in UTC, e.g. 2026-11-25T18:00:00Z
         #[arg(long)]
         received_after: Option<String>,
@@ -332,6 +335,7 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
             environment,
             accelerate_token,
             event_id,
+            payment_id,
             received_after,
             received_before,
             limit,
@@ -344,6 +348,7 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
                 ("environment", environment),
                 ("accelerate_token", accelerate_token),
                 ("event_id", event_id),
+                ("payment_id", payment_id),
                 ("received_after", received_after),
                 ("received_before", received_before),
                 ("cursor", cursor),

@@ -88,6 +88,22 @@ impl fmt::Display for EventType {
     }
 }
 
+/// Checkout.com's payment id, `data.id` (`pay_…`): what support is asked
+/// about. Not secret; only stored to be found by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PaymentId(String);
+
+impl PaymentId {
+    /// `None` for anything that is not a short printable string: an event
+    /// without a usable payment id is still relayed, only not findable by it.
+    pub fn parse(value: &str) -> Option<Self> {
+        bounded(value, "data.id").ok().map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The processor token the merchant put in `data.metadata.AccelerateToken`.
 ///
 /// `Display` shows only its ends (`tok_acc…9f3e`), so logging it is safe;
@@ -140,6 +156,8 @@ pub struct Event {
     pub event_type: EventType,
     /// `None` when the event has no usable token: such events are ignored.
     pub token: Option<AccelerateToken>,
+    /// Checkout.com's payment id (`data.id`, `pay_…`), for support's lookups.
+    pub payment_id: Option<PaymentId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,50 +190,70 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Reads the one member `key` of a JSON object, refusing the object when
-/// `key` appears twice (escaped spellings included): a parser that keeps the
-/// last value, as Accelerate's may, must never see another token than ours.
-struct Member(&'static str);
+/// Reads the members `keys` of a JSON object in one pass, refusing the
+/// object when a key appears twice (escaped spellings included): a parser
+/// that keeps the last value, as Accelerate's may, must never see another
+/// token than ours.
+struct Members<const N: usize>([&'static str; N]);
 
-impl<'de> DeserializeSeed<'de> for Member {
-    type Value = Option<&'de RawValue>;
+impl<'de, const N: usize> DeserializeSeed<'de> for Members<N> {
+    type Value = Result<[Option<&'de RawValue>; N], &'static str>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Member {
-    type Value = Option<&'de RawValue>;
+impl<'de, const N: usize> Visitor<'de> for Members<N> {
+    /// `Err(key)`: `key` appears twice.
+    type Value = Result<[Option<&'de RawValue>; N], &'static str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
+        let mut found = [None; N];
+        let mut twice = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key != self.0 {
-                map.next_value::<IgnoredAny>()?;
-            } else if found.is_some() {
-                return Err(serde::de::Error::duplicate_field(self.0));
-            } else {
-                found = Some(map.next_value::<&'de RawValue>()?);
+            match self.0.iter().position(|k| *k == key) {
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(i) => {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    if found[i].is_some() {
+                        twice = twice.or(Some(self.0[i]));
+                    }
+                    found[i] = Some(value);
+                }
             }
         }
-        Ok(found)
+        Ok(match twice {
+            Some(key) => Err(key),
+            None => Ok(found),
+        })
     }
+}
+
+/// `raw`'s members `keys` when `raw` is an object (all `None` for anything
+/// else); `Err(key)` when `key` appears twice.
+fn members<'a, const N: usize>(
+    raw: &'a RawValue,
+    keys: [&'static str; N],
+) -> Result<[Option<&'a RawValue>; N], &'static str> {
+    if !is_object(raw) {
+        return Ok([None; N]);
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    // Valid JSON (serde checked the whole body), so only a repeat can fail.
+    Members(keys).deserialize(&mut de).unwrap_or(Ok([None; N]))
 }
 
 /// `raw`'s member `key` when `raw` is an object; `None` for anything else.
 fn member<'a>(raw: &'a RawValue, key: &'static str) -> Result<Option<&'a RawValue>, EventError> {
-    if !is_object(raw) {
-        return Ok(None);
-    }
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    Member(key)
-        .deserialize(&mut de)
-        .map_err(|_| EventError::DuplicateKey(key))
+    let [found] = members(raw, [key]).map_err(EventError::DuplicateKey)?;
+    Ok(found)
 }
 
 /// Reads `id`, `type` and `data.metadata.AccelerateToken` from the raw body.
@@ -231,9 +269,15 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     }
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
-    let metadata = match envelope.data {
-        Some(data) => member(data, "metadata")?,
-        None => None,
+    let (metadata, payment) = match envelope.data {
+        // `data.id` read in the same pass; a repeated one is no payment id
+        // (it is only for lookups), a repeated `metadata` a refused event.
+        Some(data) => match members(data, ["metadata", "id"]) {
+            Ok([metadata, payment]) => (metadata, payment),
+            Err("id") => (member(data, "metadata")?, None),
+            Err(key) => return Err(EventError::DuplicateKey(key)),
+        },
+        None => (None, None),
     };
     let token = match metadata {
         Some(metadata) => member(metadata, "AccelerateToken")?,
@@ -243,10 +287,14 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     let token = token
         .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
         .and_then(|token| AccelerateToken::parse(&token));
+    let payment_id = payment
+        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+        .and_then(|id| PaymentId::parse(&id));
     Ok(Event {
         id: EventId::parse(&envelope.id)?,
         event_type: EventType::parse(&envelope.event_type)?,
         token,
+        payment_id,
     })
 }
 
@@ -496,6 +544,42 @@ mod tests {
         // Duplicates off the path the relay reads are the sender's business.
         let elsewhere = r#"{"id":"e","type":"t","data":{"amount":1,"amount":2,"metadata":{"x":1,"x":2,"AccelerateToken":"tok_1234567890"}}}"#;
         assert!(parse(elsewhere.as_bytes()).expect("valid").token.is_some());
+    }
+
+    #[test]
+    fn the_payment_id_is_data_id_when_it_is_a_short_string() {
+        let payment = |body: &str| {
+            parse(body.as_bytes())
+                .expect("valid")
+                .payment_id
+                .map(|p| p.as_str().to_owned())
+        };
+        let at = |data: &str| format!(r#"{{"id":"e","type":"t","data":{data}}}"#);
+        assert_eq!(
+            payment(&at(
+                r#"{"id":"pay_y3oqhf46pyzuxjbcn2giaqnb44","metadata":{}}"#
+            ))
+            .as_deref(),
+            Some("pay_y3oqhf46pyzuxjbcn2giaqnb44")
+        );
+        assert_eq!(
+            payment(&at(r#"{"metadata":{},"id":"pay_\u0061"}"#)).as_deref(),
+            Some("pay_a")
+        );
+        for data in [
+            r#"{"id":5}"#,
+            r#"{"id":""}"#,
+            r#"{"id":"pay_\u0000"}"#,
+            r#"{}"#,
+            "[]",
+        ] {
+            assert_eq!(payment(&at(data)), None, "{data}");
+        }
+        // A repeated data.id is only no payment id: the event is relayed as before.
+        let twice =
+            at(r#"{"id":"pay_1","id":"pay_2","metadata":{"AccelerateToken":"tok_1234567890"}}"#);
+        let event = parse(twice.as_bytes()).expect("still valid");
+        assert!(event.payment_id.is_none() && event.token.is_some());
     }
 
     #[test]

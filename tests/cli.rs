@@ -187,6 +187,9 @@ fn fixture_path(name: &str) -> String {
     format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `data.id` of fixtures/payment_approved.json.
+const PAYMENT_ID: &str = "pay_mbabizu24mvu3mela5njyhpit4";
+
 #[tokio::test]
 async fn replay_sends_files_as_checkout_would_and_prints_each_answer() {
     let dir = tempfile::tempdir().expect("dir");
@@ -288,6 +291,22 @@ async fn deliveries_commands_work_on_the_store_beside_a_running_relay() {
         "token must be redacted: {token}"
     );
     let id = line["id"].as_str().expect("id").to_owned();
+    assert_eq!(line["payment_id"], PAYMENT_ID);
+    // Support's question, by Checkout.com's payment id.
+    let by_payment = run(
+        &["deliveries", "list", "--payment-id", PAYMENT_ID, "--json"],
+        &vars,
+        b"",
+    );
+    let found: serde_json::Value =
+        serde_json::from_slice(&by_payment.stdout).expect("one JSON line");
+    assert_eq!(found["id"], id.as_str());
+    let other = run(
+        &["deliveries", "list", "--payment-id", "pay_other", "--json"],
+        &vars,
+        b"",
+    );
+    assert!(other.status.success() && other.stdout.is_empty());
 
     let show = run(&["deliveries", "show", &id, "--json"], &vars, b"");
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("JSON");

@@ -297,8 +297,7 @@ async fn revoke_session(
 /// The query string as its pairs, in order and with repeats (a map would
 /// keep the last of two and hide the other).
 fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, AdminError> {
-    serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| AdminError::BadRequest(format!("the query does not parse: {e}")))
+    super::query_pairs(req.query_string()).map_err(AdminError::BadRequest)
 }
 
 /// The query, when it holds only `allowed` parameters, each at most once.

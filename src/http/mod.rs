@@ -220,6 +220,31 @@ fn operator_routes(cfg: &mut web::ServiceConfig, here: bool, config: &Config) {
     }
 }
 
+/// A query string as its pairs, in order and with repeats (a map would keep
+/// the last of two and hide the other). Decoded strictly: a name or value
+/// that is not UTF-8 once percent-decoded is an error naming it, where a
+/// lossy decoder would search for U+FFFD instead.
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
+    let decode = |raw: &str| -> Result<String, Vec<u8>> {
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect();
+        String::from_utf8(bytes).map_err(|e| e.into_bytes())
+    };
+    query
+        .split('&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let name = decode(name).map_err(|_| {
+                "a parameter name is not valid UTF-8 once percent-decoded".to_owned()
+            })?;
+            let value = decode(value).map_err(|_| {
+                format!("{name}: not valid UTF-8 once percent-decoded, so no stored value has it")
+            })?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
 /// A path that answers GET (and HEAD, as RFC 9110 asks: the same head, no
 /// body); any other method is 405 with `Allow`.
 pub(crate) fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource

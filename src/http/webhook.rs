@@ -335,6 +335,7 @@ async fn receive(
         event_id: event.id,
         event_type: event.event_type,
         token,
+        payment_id: event.payment_id,
         body: body.into_bytes(),
         headers: forward_headers(headers, authorization),
         received_at,

@@ -41,10 +41,10 @@ const GROUPS_IN_FLIGHT: usize = 4;
 /// `l` is the lease end of an event inserted already claimed (see `NewEvent`).
 const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
      (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
-     leased_until, next_attempt_at, attempts) \
-     SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END \
+     leased_until, next_attempt_at, attempts, payment_id) \
+     SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END, p \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-     $5::bytea[], $6::bytea[], $7::int8[], $8::int8[]) AS u(e, i, t, k, b, h, r, l) \
+     $5::bytea[], $6::bytea[], $7::int8[], $8::int8[], $9::text[]) AS u(e, i, t, k, b, h, r, l, p) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
 
 /// Records a group of outcomes and their attempts in one statement (one
@@ -86,9 +86,16 @@ macro_rules! bind {
     };
 }
 
+/// Connections of the operators' reads (admin API, console, CLI), beside
+/// the pool of the webhook and delivery path: they can queue among
+/// themselves, never take the webhook path's connections.
+pub const ADMIN_CONNECTIONS: u32 = 4;
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// `ADMIN_CONNECTIONS` more, for operators' reads only.
+    admin: PgPool,
     timeout: Duration,
     accepts: Group<NewEvent, Accepted>,
     outcomes: Group<rows::FinishRow, ()>,
@@ -106,8 +113,14 @@ impl PgStore {
             .max_connections(config.pool_size)
             // A lost database must turn into a quick 503, not a request that hangs.
             .acquire_timeout(timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        // Opened on first use: a replica nobody operates holds none of them.
+        let admin = PgPoolOptions::new()
+            .max_connections(ADMIN_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
         if role == Role::Tool {
             let schema: bool = sqlx::query_scalar("SELECT to_regclass('deliveries') IS NOT NULL")
                 .fetch_one(&pool)
@@ -129,6 +142,7 @@ impl PgStore {
         });
         Ok(Self {
             pool,
+            admin,
             timeout,
             accepts,
             outcomes,
@@ -171,7 +185,7 @@ impl PgStore {
     pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
         let found: Vec<AttemptRow> = sqlx::query_as(rows::ATTEMPTS)
             .bind(id.0)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.admin)
             .await?;
         Ok(found.into_iter().map(AttemptView::from).collect())
     }
@@ -194,7 +208,7 @@ impl PgStore {
 
     pub async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let query =
-            sqlx::query_as::<_, (String, i64)>(rows::DELIVERED_COUNTS).fetch_all(&self.pool);
+            sqlx::query_as::<_, (String, i64)>(rows::DELIVERED_COUNTS).fetch_all(&self.admin);
         Ok(bounded(self.timeout, query)
             .await?
             .into_iter()
@@ -264,7 +278,7 @@ impl PgStore {
         for param in params {
             query = bind!(query, param.as_value());
         }
-        bounded(self.timeout, query.fetch_all(&self.pool)).await
+        bounded(self.timeout, query.fetch_all(&self.admin)).await
     }
 
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -277,19 +291,54 @@ impl PgStore {
     pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
         let row: Option<DeliveryRow> = sqlx::query_as(&rows::get_sql())
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.admin)
             .await?;
         Ok(row.map(Delivery::from))
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
-        let sql = rows::list_sql();
+        let cursor_at = self.cursor_at(filter).await?;
+        let (sql, values) = rows::list_query(filter, cursor_at);
         let mut query = sqlx::query_as::<_, DeliveryRow>(&sql);
-        for value in rows::list_values(filter) {
+        for value in values {
             query = bind!(query, value);
         }
-        let found = bounded(self.timeout, query.fetch_all(&self.pool)).await?;
+        let found = bounded(self.timeout, query.fetch_all(&self.admin)).await?;
         Ok(found.into_iter().map(Delivery::from).collect())
+    }
+
+    /// The `received_at` of a listing's cursor row, if it has one and it is kept.
+    async fn cursor_at(&self, filter: &ListFilter) -> Result<Option<i64>, StoreError> {
+        let Some(cursor) = filter.before else {
+            return Ok(None);
+        };
+        let query = sqlx::query_scalar(rows::CURSOR_AT)
+            .bind(cursor.0)
+            .fetch_optional(&self.admin);
+        bounded(self.timeout, query).await
+    }
+
+    pub async fn list_plan(
+        &self,
+        filter: &ListFilter,
+        small_table: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let cursor_at = self.cursor_at(filter).await?;
+        let (sql, values) = rows::list_query(filter, cursor_at);
+        let explain = format!("EXPLAIN {sql}");
+        let mut query = sqlx::query_scalar::<_, String>(&explain);
+        for value in values {
+            query = bind!(query, value);
+        }
+        let mut tx = self.admin.begin().await?;
+        if small_table {
+            sqlx::query("SET LOCAL enable_seqscan = off")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let plan = query.fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(plan)
     }
 
     pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
@@ -347,6 +396,7 @@ impl PgStore {
     }
 
     pub async fn close(&self) {
+        self.admin.close().await;
         self.pool.close().await;
     }
 }
@@ -507,6 +557,12 @@ async fn insert_events(
                 .iter()
                 .map(|e| e.leased_until.map(|t| t.0))
                 .collect::<Vec<Option<i64>>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.payment_id.as_ref().map(|p| p.as_str()))
+                .collect::<Vec<Option<&str>>>(),
         )
         .fetch_all(pool);
     let mut ids: HashMap<(String, String), i64> = bounded(timeout, insert)

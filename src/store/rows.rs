@@ -11,12 +11,12 @@ use super::{
 use crate::event::{redact, Environment};
 
 /// `$7` received, `$8` the lease end of an event inserted already claimed
-/// (NULL: due now, for the polling claim). The parameters first appear in
+/// (NULL: due now, for the polling claim), `$9` the payment id (or NULL). The parameters first appear in
 /// order, as SQLite numbers them by appearance.
 pub const ACCEPT: &str = "INSERT INTO deliveries \
      (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
-     leased_until, next_attempt_at, attempts) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END) \
+     leased_until, next_attempt_at, attempts, payment_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END, $9) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
 
 /// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many.
@@ -302,42 +302,76 @@ pub const NEXT_DUE: &str =
 
 const DELIVERY_COLUMNS: &str =
     "SELECT id, environment, event_id, event_type, accelerate_token, status, \
-     attempts, next_attempt_at, last_error, received_at, delivered_at FROM deliveries";
+     attempts, next_attempt_at, last_error, received_at, delivered_at, payment_id FROM deliveries";
 
 pub fn get_sql() -> String {
     format!("{DELIVERY_COLUMNS} WHERE id = $1")
 }
 
-/// `$1` status, `$2` token, `$3` event id, `$4` environment, `$5` received at
-/// or after, `$6` received before, `$7` id below (each NULL for "any"), `$8`
-/// limit. Newest first.
-pub fn list_sql() -> String {
-    format!(
-        "{DELIVERY_COLUMNS} WHERE ($1 IS NULL OR status = $1) \
-         AND ($2 IS NULL OR accelerate_token = $2) AND ($3 IS NULL OR event_id = $3) \
-         AND ($4 IS NULL OR environment = $4) AND ($5 IS NULL OR received_at >= $5) \
-         AND ($6 IS NULL OR received_at < $6) AND ($7 IS NULL OR id < $7) \
-         ORDER BY id DESC LIMIT $8"
-    )
-}
+/// A listing with only the conditions its filter has, so each is a range
+/// of an index: equality on the event id, token or payment id (a few rows
+/// each), else the received-time index of the status asked for (partial,
+/// one per status, named literally so the planner can match it) or of
+/// every row. Newest first by (received_at, id); the cursor `dlv_N` stands
+/// for its row's place in that order, `cursor_at` its `received_at` (read
+/// first with `CURSOR_AT`, so the planner sees a value, not a subquery).
+/// A cursor whose row is gone (purged) pages on by id alone.
+/// The place of a listing's cursor: `$1` its id.
+pub const CURSOR_AT: &str = "SELECT received_at FROM deliveries WHERE id = $1";
 
-/// The `$N` values of `list_sql`.
-pub fn list_values(filter: &ListFilter) -> [Value<'_>; 8] {
-    let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
-    [
-        filter.status.map(|s| s.as_str()).into(),
-        filter.accelerate_token.as_deref().into(),
-        filter.event_id.as_deref().into(),
-        filter.environment.map(|e| e.as_str()).into(),
-        int(filter.received_after.map(|t| t.0)),
-        int(filter.received_before.map(|t| t.0)),
-        int(filter.before.map(|id| id.0)),
-        Value::Int(i64::from(if filter.limit == 0 {
-            100
-        } else {
-            filter.limit
-        })),
-    ]
+pub fn list_query(filter: &ListFilter, cursor_at: Option<i64>) -> (String, Vec<Value<'_>>) {
+    fn bind<'a>(values: &mut Vec<Value<'a>>, value: Value<'a>) -> String {
+        values.push(value);
+        format!("${}", values.len())
+    }
+    let mut values = Vec::new();
+    let mut conditions = Vec::new();
+    if let Some(status) = filter.status {
+        // A fixed word from the enum, never the caller's text.
+        conditions.push(format!("status = '{}'", status.as_str()));
+    }
+    for (column, value) in [
+        ("accelerate_token", filter.accelerate_token.as_deref()),
+        ("event_id", filter.event_id.as_deref()),
+        ("payment_id", filter.payment_id.as_deref()),
+        ("environment", filter.environment.map(|e| e.as_str())),
+    ] {
+        if let Some(value) = value {
+            let p = bind(&mut values, Value::Text(value));
+            conditions.push(format!("{column} = {p}"));
+        }
+    }
+    if let Some(after) = filter.received_after {
+        let p = bind(&mut values, Value::Int(after.0));
+        conditions.push(format!("received_at >= {p}"));
+    }
+    if let Some(before) = filter.received_before {
+        let p = bind(&mut values, Value::Int(before.0));
+        conditions.push(format!("received_at < {p}"));
+    }
+    match (filter.before, cursor_at) {
+        (Some(cursor), Some(at)) => {
+            let id = bind(&mut values, Value::Int(cursor.0));
+            let at = bind(&mut values, Value::Int(at));
+            conditions.push(format!(
+                "received_at <= {at} AND (received_at < {at} OR id < {id})"
+            ));
+        }
+        (Some(cursor), None) => {
+            let id = bind(&mut values, Value::Int(cursor.0));
+            conditions.push(format!("id < {id}"));
+        }
+        (None, _) => {}
+    }
+    let limit = if filter.limit == 0 { 100 } else { filter.limit };
+    let p = bind(&mut values, Value::Int(i64::from(limit)));
+    let mut sql = DELIVERY_COLUMNS.to_owned();
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY received_at DESC, id DESC LIMIT {p}"));
+    (sql, values)
 }
 
 #[derive(sqlx::FromRow)]
@@ -410,6 +444,7 @@ pub struct DeliveryRow {
     pub(super) last_error: Option<String>,
     pub(super) received_at: i64,
     pub(super) delivered_at: Option<i64>,
+    pub(super) payment_id: Option<String>,
 }
 
 impl From<DeliveryRow> for Delivery {
@@ -427,6 +462,7 @@ impl From<DeliveryRow> for Delivery {
             last_error: row.last_error,
             received_at: Timestamp(row.received_at).to_string(),
             delivered_at: row.delivered_at.map(|t| Timestamp(t).to_string()),
+            payment_id: row.payment_id,
         }
     }
 }

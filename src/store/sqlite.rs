@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_authorization_key_refs.sql"),
     include_str!("../../migrations/sqlite/0006_delivered_attempt_in_row.sql"),
     include_str!("../../migrations/sqlite/0007_console_sessions.sql"),
+    include_str!("../../migrations/sqlite/0008_find_any_payment.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -50,11 +51,22 @@ const PURGE_CHUNK: i64 = 1000;
 /// (bench/README.md).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
+/// Connections of the operators' reads (admin API, console, CLI), beside the
+/// relay's own reader: they can queue among themselves, never ahead of the
+/// worker's next-due read, the metrics' gauges or `/readyz`'s probe. Half
+/// the cores at most, so that a crowd of operators leaves the other half to
+/// the webhooks and the writer (bench/README.md).
+fn admin_readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Op>,
-    /// Reads (listing, next due time, probes) on a connection of their own.
+    /// The relay's own reads (next due time, gauges, probes).
     reader: Arc<Mutex<Connection>>,
+    /// Operators' reads (listings, details, sessions).
+    admin: Arc<ReadPool>,
     /// Stops the checkpointer thread when sent to or when the last clone drops.
     checkpointer: Option<std::sync::mpsc::Sender<()>>,
     /// False while the last batch failed to commit (full disk, I/O error): the
@@ -156,6 +168,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Unusable(format!("opening the database panicked: {e}")))??;
 
         let reader = Arc::new(Mutex::new(reader));
+        let admin = Arc::new(ReadPool::open(&path, admin_readers())?);
         let committing = Arc::new(AtomicBool::new(true));
         let closed = Arc::new(AtomicBool::new(false));
         let threads_up = Arc::new([AtomicBool::new(true), AtomicBool::new(true)]);
@@ -196,6 +209,7 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader,
+            admin,
             checkpointer,
             committing,
             threads_up,
@@ -236,7 +250,7 @@ impl SqliteStore {
     }
 
     pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
-        self.read(move |conn| {
+        self.admin_read(move |conn| {
             let mut stmt = conn.prepare_cached(rows::ATTEMPTS)?;
             bind(&mut stmt, &[Value::Int(id.0)])?;
             let mut found = stmt.raw_query();
@@ -273,7 +287,7 @@ impl SqliteStore {
     }
 
     pub async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.read(|conn| {
+        self.admin_read(|conn| {
             let mut stmt = conn.prepare_cached(rows::DELIVERED_COUNTS)?;
             let found = stmt.query_map([], |row| {
                 Ok((row.get(0)?, row.get::<_, i64>(1)?.try_into().unwrap_or(0)))
@@ -373,7 +387,7 @@ impl SqliteStore {
         sql: String,
         params: Vec<Param>,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        self.read(move |conn| {
+        self.admin_read(move |conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
             bind(&mut stmt, &values)?;
@@ -405,7 +419,7 @@ impl SqliteStore {
     }
 
     pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        self.read(move |conn| {
+        self.admin_read(move |conn| {
             let mut stmt = conn.prepare_cached(&rows::get_sql())?;
             bind(&mut stmt, &[Value::Int(id.0)])?;
             let mut found = stmt.raw_query();
@@ -419,15 +433,32 @@ impl SqliteStore {
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
         let filter = filter.clone();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&rows::list_sql())?;
-            bind(&mut stmt, &rows::list_values(&filter))?;
+        self.admin_read(move |conn| {
+            let (sql, values) = rows::list_query(&filter, cursor_at(conn, &filter)?);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            bind(&mut stmt, &values)?;
             let mut found = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = found.next()? {
                 out.push(Delivery::from(delivery_row(row)?));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    pub async fn list_plan(&self, filter: &ListFilter) -> Result<Vec<String>, StoreError> {
+        let filter = filter.clone();
+        self.admin_read(move |conn| {
+            let (sql, values) = rows::list_query(&filter, cursor_at(conn, &filter)?);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = found.next()? {
+                plan.push(row.get::<_, String>(3)?);
+            }
+            Ok(plan)
         })
         .await
     }
@@ -472,6 +503,14 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs `f` on one of the operators' connections, off the async threads.
+    async fn admin_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.admin.run(f).await
+    }
+
     /// Runs `f` on the read connection, off the async threads.
     async fn read<T: Send + 'static>(
         &self,
@@ -487,6 +526,98 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unusable(format!("a read panicked: {e}")))?
     }
+}
+
+/// A few read connections, each used by one read at a time; a read waits
+/// for a free one on its blocking thread. (Waiting on an async semaphore
+/// instead kept connections idle: a turn handed to a read whose worker was
+/// busy rendering another answer stayed unused until that worker came back.)
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+    /// Bounds the blocking threads a crowd of reads can hold while waiting.
+    waiting: tokio::sync::Semaphore,
+}
+
+/// Reads that may wait for a connection at once; more wait, without a thread.
+const READ_QUEUE: usize = 64;
+
+impl ReadPool {
+    fn open(path: &Path, size: usize) -> Result<Self, StoreError> {
+        let idle = (0..size)
+            .map(|_| connect(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            idle: Mutex::new(idle),
+            returned: Condvar::new(),
+            waiting: tokio::sync::Semaphore::new(READ_QUEUE),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _queued = self
+            .waiting
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let lent = Lent {
+                pool: &pool,
+                conn: Some(pool.take()),
+            };
+            f(lent.conn.as_ref().expect("lent until dropped"))
+        })
+        .await
+        .map_err(|e| StoreError::Unusable(format!("a read panicked: {e}")))?
+    }
+
+    fn take(&self) -> Connection {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = idle.pop() {
+                return conn;
+            }
+            idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A connection out of the pool, given back when dropped, even by a read
+/// that panicked (a statement cut short is reset when it drops).
+struct Lent<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+/// The `received_at` of a listing's cursor row, if it has one and it is kept.
+fn cursor_at(conn: &Connection, filter: &ListFilter) -> Result<Option<i64>, StoreError> {
+    let Some(cursor) = filter.before else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(rows::CURSOR_AT)?;
+    bind(&mut stmt, &[Value::Int(cursor.0)])?;
+    let mut found = stmt.raw_query();
+    Ok(match found.next()? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    })
 }
 
 /// `sqlite://relay.db`, `sqlite:///var/lib/relay.db`, `sqlite:relay.db?mode=rwc` → the path.
@@ -758,6 +889,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
                     Value::Blob(&event.headers.encode()),
                     Value::Int(event.received_at.0),
                     event.leased_until.map(|t| t.0).into(),
+                    event.payment_id.as_ref().map(|p| p.as_str()).into(),
                 ],
             )?;
             let mut inserted = stmt.raw_query();
@@ -888,6 +1020,7 @@ fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         last_error: row.get(8)?,
         received_at: row.get(9)?,
         delivered_at: row.get(10)?,
+        payment_id: row.get(11)?,
     })
 }
 

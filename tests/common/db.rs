@@ -165,6 +165,46 @@ impl TestDb {
         }
     }
 
+    /// `n` delivered sandbox and production events, received over the last
+    /// six days, written straight into the relay's database (as history is).
+    pub async fn fill_delivered(&self, n: u64) {
+        // Six days, inside the default retention (a week), so that the
+        // relay's purge does not take them away while a test reads them.
+        let span_ms: u64 = 6 * 24 * 3600 * 1000;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let select = format!(
+            "SELECT CASE WHEN x % 4 = 0 THEN 'production' ELSE 'sandbox' END, 'evt_hist_' || x, \
+             'payment_approved', 'tok_acc_hist_' || x || '_0123456789', 'pay_hist_' || x, \
+             CAST('{{}}' AS {blob}), CAST('content-type:application/json' AS {blob}), 'delivered', 1, 0, \
+             {start} + CAST(x AS BIGINT) * {step}, {start} + CAST(x AS BIGINT) * {step}, 200",
+            blob = if self.backend == Backend::Sqlite { "BLOB" } else { "BYTEA" },
+            start = now_ms - span_ms,
+            step = span_ms / n.max(1),
+        );
+        let insert = "INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, \
+             payment_id, body, headers, status, attempts, next_attempt_at, received_at, delivered_at, \
+             last_status)";
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute_sqlite(&format!(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) \
+                 {insert} {select} FROM c"
+            ))
+                .await
+            }
+            Backend::Postgres => {
+                self.execute_postgres(&format!(
+                    "{insert} {select} FROM generate_series(1, {n}) AS x"
+                ))
+                .await;
+                self.execute_postgres("ANALYZE deliveries").await;
+            }
+        }
+    }
+
     /// A delivery's stored headers, as the store wrote them.
     pub async fn headers(&self, event_id: &str) -> Vec<u8> {
         let sql = "SELECT headers FROM deliveries WHERE event_id = $1";

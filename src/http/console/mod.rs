@@ -394,11 +394,11 @@ async fn overview(
 
 async fn deliveries(
     req: HttpRequest,
-    query: web::Query<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = signed_in(&req, &sessions, &state).await?;
+    let query = super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?;
     let mut form = ListForm::default();
     let mut notice = None;
     let mut pairs = Vec::new();
@@ -415,6 +415,7 @@ async fn deliveries(
             "environment" => &mut form.environment,
             "accelerate_token" => &mut form.accelerate_token,
             "event_id" => &mut form.event_id,
+            "payment_id" => &mut form.payment_id,
             "received_after" => &mut form.received_after,
             "received_before" => &mut form.received_before,
             _ => {

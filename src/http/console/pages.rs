@@ -164,6 +164,7 @@ pub struct ListForm {
     pub environment: String,
     pub accelerate_token: String,
     pub event_id: String,
+    pub payment_id: String,
     pub received_after: String,
     pub received_before: String,
 }
@@ -193,6 +194,8 @@ pub fn deliveries(
                 input #accelerate_token name="accelerate_token" value=(form.accelerate_token) placeholder="the full token"; }
             div { label for="event_id" { "Event id" }
                 input #event_id name="event_id" value=(form.event_id) placeholder="evt_…"; }
+            div { label for="payment_id" { "Payment id" }
+                input #payment_id name="payment_id" value=(form.payment_id) placeholder="pay_…"; }
             div { label for="received_after" { "Received from (UTC)" }
                 input #received_after type="datetime-local" step="1" name="received_after" value=(form.received_after); }
             div { label for="received_before" { "Received before (UTC)" }
@@ -251,6 +254,7 @@ pub fn delivery(session: &Session, detail: &DeliveryDetail, notice: Option<&str>
             dt { "Environment" } dd { (d.environment) }
             dt { "Event id" } dd.event-id { (d.event_id) }
             dt { "Event type" } dd { (d.event_type) }
+            @if let Some(payment) = &d.payment_id { dt { "Payment id" } dd.event-id { (payment) } }
             dt { "AccelerateToken" } dd.token { (d.accelerate_token) }
             dt { "Received" } dd { (short(&d.received_at)) }
             dt { "Attempts" } dd { (d.attempts) }
