@@ -4,6 +4,7 @@
 //! See bench/README.md for what each figure means and how it is measured.
 
 mod load;
+mod lookups;
 mod mock;
 mod pinned;
 mod procs;
@@ -65,6 +66,11 @@ struct Args {
     /// (RELAY_TLS_CERT); beside the plain-HTTP phase.
     #[arg(long)]
     tls: bool,
+    /// Support's lookups instead of the load run: `--scale-rows` rows on each
+    /// store, every filter's plan and single-client latency, then webhooks at
+    /// `--rate` for `--seconds` with and without 32 admin readers.
+    #[arg(long)]
+    lookups: bool,
 }
 
 const WEBHOOK: &str = "/webhooks/checkoutdotcom/sandbox";
@@ -85,6 +91,10 @@ async fn main() -> anyhow::Result<()> {
         procs::pin(0, 1)?;
     }
     let clock = Clock(Instant::now());
+    if args.lookups {
+        let work = tempfile::tempdir()?;
+        return lookups::run(&args, clock, &work).await;
+    }
     let capacity = (args.seconds as usize * 30_000)
         .max(args.rate as usize * args.seconds as usize * 2)
         .max(args.backlog);
