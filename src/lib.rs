@@ -165,6 +165,7 @@ impl Application {
             metrics,
             wake,
             handoff,
+            operators: http::operators::Operators::start().map_err(StartError::Server)?,
         };
         let (server, admin_server) = http::servers(
             http::Listener {

@@ -307,6 +307,18 @@ async fn operator_reads_never_make_the_store_look_down(backend: Backend) {
     for reader in readers {
         reads += reader.await.expect("reader");
     }
+    // The pages were read and serialised on the operators' own threads, at
+    // a lower CPU priority than the webhook workers.
+    let threads = operator_threads();
+    assert!(!threads.is_empty(), "no operators' threads in this process");
+    assert!(
+        threads.iter().all(|&(nice, _)| nice == 10),
+        "operators' threads' niceness: {threads:?}"
+    );
+    assert!(
+        threads.iter().map(|&(_, ticks)| ticks).sum::<u64>() > 0,
+        "the operators' threads did no work: {threads:?}"
+    );
     probes.sort();
     eprintln!(
         "readyz median {:?} slowest {:?}, {reads} reads",
@@ -321,6 +333,30 @@ async fn operator_reads_never_make_the_store_look_down(backend: Backend) {
         probes[19]
     );
     app.stop().await;
+}
+
+/// Niceness and CPU time (clock ticks) of this process's threads named
+/// `operators`, from `/proc`.
+fn operator_threads() -> Vec<(i64, u64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("a task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != "operators" {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // After the name: state is field 3, utime 14, stime 15, nice 19.
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("(comm)") + 2..]
+            .split(' ')
+            .collect();
+        let field = |n: usize| fields[n - 3];
+        let ticks = field(14).parse::<u64>().unwrap() + field(15).parse::<u64>().unwrap();
+        found.push((field(19).parse().unwrap(), ticks));
+    }
+    found
 }
 
 on_both_stores!(

@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::guard::Operator;
+use super::operators::Stopped;
 use super::{get, post, AppState};
 use crate::event::Environment;
 use crate::store::{DeliveryId, EndedBy, ListFilter, Retried, StoreError, Timestamp};
@@ -42,6 +43,8 @@ pub enum AdminError {
     Conflict(String),
     #[error("the store did not answer: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
 }
 
 impl ResponseError for AdminError {
@@ -52,7 +55,7 @@ impl ResponseError for AdminError {
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
-            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Store(_) | AdminError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -72,6 +75,9 @@ impl ResponseError for AdminError {
             AdminError::BadRequest(m) => json!({ "error": "bad_request", "message": m }),
             AdminError::Conflict(m) => json!({ "error": "attempt_in_flight", "message": m }),
             AdminError::Store(_) => json!({ "error": "store_unavailable" }),
+            AdminError::Stopped(_) => {
+                json!({ "error": "shutting_down", "message": self.to_string() })
+            }
         };
         response.json(body)
     }
@@ -173,18 +179,24 @@ async fn list(
     let query = query_pairs(&req)?;
     let filter = ListFilter::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(AdminError::BadRequest)?;
-    let deliveries = state.store.list(&filter).await?;
-    let next = (deliveries.len() == filter.limit as usize)
-        .then(|| deliveries.last().map(|d| d.id.clone()))
-        .flatten();
-    audit(
-        &req,
-        API,
-        "list",
-        "deliveries",
-        &format!("{} listed", deliveries.len()),
-    );
-    Ok(HttpResponse::Ok().json(json!({ "deliveries": deliveries, "next": next })))
+    let store = state.store.clone();
+    // The page is serialised where it was read, off the webhook workers.
+    let (listed, page) = state
+        .operators
+        .run(async move {
+            let deliveries = store.list(&filter).await?;
+            let next = (deliveries.len() == filter.limit as usize)
+                .then(|| deliveries.last().map(|d| d.id.clone()))
+                .flatten();
+            let page = serde_json::to_vec(&json!({ "deliveries": deliveries, "next": next }))
+                .expect("a page of deliveries serialises");
+            Ok::<_, AdminError>((deliveries.len(), page))
+        })
+        .await?;
+    audit(&req, API, "list", "deliveries", &format!("{listed} listed"));
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(page))
 }
 
 async fn show(
@@ -195,9 +207,10 @@ async fn show(
 ) -> Result<HttpResponse, AdminError> {
     only(&req, &[])?;
     let id = delivery_id(&id)?;
+    let store = state.store.clone();
     let detail = state
-        .store
-        .detail(id)
+        .operators
+        .run(async move { store.detail(id).await.map_err(AdminError::from) })
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("delivery {id}")))?;
     audit(&req, API, "show", &id.to_string(), "shown");

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod console;
 pub mod guard;
+pub mod operators;
 pub mod ops;
 pub mod transport;
 pub mod webhook;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub handoff: tokio::sync::mpsc::Sender<crate::store::Claimed>,
     /// Wrong admin tokens counted per client address.
     pub throttle: guard::Throttle,
+    /// Where operators' reads run, off the webhook workers.
+    pub operators: operators::Operators,
 }
 
 /// Headers (request line and headers) must arrive within this; slow clients

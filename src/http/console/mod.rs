@@ -20,6 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use maud::Markup;
 
 use super::admin::{audit, in_flight_message, retry_after, retry_dead_now, retry_now};
+use super::operators::Stopped;
 use super::{get, get_post, guard, post, AppState};
 use crate::config::Config;
 use crate::event::Environment;
@@ -117,6 +118,8 @@ pub enum ConsoleError {
          down; try again when it is back."
     )]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Stopped(#[from] Stopped),
 }
 
 impl ResponseError for ConsoleError {
@@ -128,7 +131,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            ConsoleError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ConsoleError::Store(_) | ConsoleError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -141,6 +144,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Conflict(_) => "An attempt is in flight",
             ConsoleError::Throttled(_) => "Too many attempts",
             ConsoleError::Store(_) => "Store unavailable",
+            ConsoleError::Stopped(_) => "Shutting down",
         };
         let mut response = html(
             self.status_code(),
@@ -374,9 +378,10 @@ async fn overview(
     };
     let now = Timestamp::now();
     let activity = &state.metrics.activity;
+    let store = state.store.clone();
     let environments: Vec<EnvironmentView> = state
-        .store
-        .counts()
+        .operators
+        .run(async move { store.counts().await.map_err(ConsoleError::from) })
         .await?
         .into_iter()
         .filter(|c| {
@@ -435,8 +440,13 @@ async fn deliveries(
         match ListFilter::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
             Err(message) => (Err(message), None),
             Ok(filter) => {
-                let list = state.store.list(&filter).await?;
-                let older = (list.len() == filter.limit as usize)
+                let store = state.store.clone();
+                let limit = filter.limit as usize;
+                let list = state
+                    .operators
+                    .run(async move { store.list(&filter).await.map_err(ConsoleError::from) })
+                    .await?;
+                let older = (list.len() == limit)
                     .then(|| list.last().map(|d| older_page(&pairs, &d.id)))
                     .flatten();
                 (Ok(list), older)
@@ -461,7 +471,12 @@ async fn delivery(
 ) -> Result<HttpResponse, ConsoleError> {
     let session = signed_in(&req, &sessions, &state).await?;
     let id = delivery_id(&id)?;
-    let detail = state.store.detail(id).await?.ok_or_else(|| missing(id))?;
+    let store = state.store.clone();
+    let detail = state
+        .operators
+        .run(async move { store.detail(id).await.map_err(ConsoleError::from) })
+        .await?
+        .ok_or_else(|| missing(id))?;
     let notice = query
         .get("notice")
         .and_then(|n| sessions.open_notice(&session, n))
