@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DatabaseConfig};
 use crate::event::Environment;
-use crate::store::{DeliveryId, ListFilter, Retried, Role, Store, Timestamp};
+use crate::operations::{self, Caller, Operations};
+use crate::store::{DeliveryId, ListFilter, Replay, ReplayId, Role, Store, Timestamp};
 use crate::{telemetry, verify, Application};
 
 #[derive(Parser)]
@@ -108,6 +109,38 @@ enum DeliveriesCommand {
         #[arg(long)]
         environment: Option<Environment>,
     },
+    /// Send again every event of an environment received in a time range
+    /// (delivered ones included); the running relay sends them, paced.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Record a replay (prints its id); `--dry-run` only counts.
+    Start {
+        #[arg(long)]
+        environment: String,
+        /// RFC 3339 in UTC, inclusive, e.g. 2026-11-25T18:00:00Z
+        #[arg(long)]
+        received_after: String,
+        /// RFC 3339 in UTC, exclusive; at most now.
+        #[arg(long)]
+        received_before: String,
+        /// pending, delivered or dead; give it once per status.
+        #[arg(long = "status", required = true)]
+        statuses: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A replay's state, matched and queued counts.
+    Show { id: ReplayId },
+    /// The latest replays, newest first.
+    List,
+    /// Stop a running replay: what it already made due is sent, nothing more.
+    Cancel { id: ReplayId },
 }
 
 pub fn main() -> ExitCode {
@@ -319,16 +352,31 @@ async fn replay(
 }
 
 async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
+    telemetry::init_for_operator_commands();
     let database = DatabaseConfig::from_env().context("configuration error")?;
     let store = Store::open(&database, Role::Tool)
         .await
         .context("cannot open the store named by RELAY_DATABASE_URL")?;
-    let result = run_deliveries(&store, command).await;
+    let operations = Operations::new(store.clone(), None, database_retention()?);
+    let result = run_deliveries(&operations, command).await;
     store.close().await;
     result
 }
 
-async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Result<()> {
+/// `RELAY_RETENTION_HOURS` as the relay reads it (the CLI needs only that
+/// of the whole configuration, to say what a replay can still reach).
+fn database_retention() -> anyhow::Result<Duration> {
+    let hours = match std::env::var("RELAY_RETENTION_HOURS") {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+            anyhow::anyhow!("RELAY_RETENTION_HOURS: `{v}` is not a whole number of hours")
+        })?,
+        Err(_) => 168,
+    };
+    Ok(Duration::from_secs(hours * 3600))
+}
+
+async fn run_deliveries(operations: &Operations, command: DeliveriesCommand) -> anyhow::Result<()> {
+    let cli = Caller::cli();
     match command {
         DeliveriesCommand::List {
             status,
@@ -358,7 +406,7 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
                 .iter()
                 .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v)));
             let filter = ListFilter::parse(pairs).map_err(|e| anyhow::anyhow!(e))?;
-            let deliveries = store.list(&filter).await?;
+            let deliveries = operations.list(&cli, &filter).await?;
             for delivery in &deliveries {
                 if json {
                     println!("{}", serde_json::to_string(delivery)?);
@@ -373,10 +421,7 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
             }
         }
         DeliveriesCommand::Show { id, json } => {
-            let detail = store
-                .detail(id)
-                .await?
-                .with_context(|| format!("no delivery {id}"))?;
+            let detail = operations.detail(&cli, id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
@@ -404,21 +449,98 @@ async fn run_deliveries(store: &Store, command: DeliveriesCommand) -> anyhow::Re
                 }
             }
         }
-        DeliveriesCommand::Retry { id } => match store.retry(id, Timestamp::now()).await? {
-            Retried::Due => println!("{id} is pending and due now"),
-            Retried::NotFound => bail!("no delivery {id}"),
-            Retried::InFlight { lease_ends } => bail!(
-                "{id}: an attempt is being sent to Accelerate now (its lease ends at {} at \
-                     the latest); retry after it, if it failed",
-                lease_ends.as_deref().unwrap_or("its lease's end")
-            ),
-        },
+        DeliveriesCommand::Retry { id } => {
+            operations.retry(&cli, id).await?;
+            println!("{id} is pending and due now");
+        }
         DeliveriesCommand::RetryDead { environment } => {
-            let n = store.retry_dead(Timestamp::now(), environment).await?;
-            println!("{n} dead deliveries are pending and due now");
+            let n = operations.retry_dead(&cli, environment).await?;
+            println!("{}", dead_made_due(n));
+        }
+        DeliveriesCommand::Replay { command } => replays(operations, &cli, command).await?,
+    }
+    Ok(())
+}
+
+fn dead_made_due(n: u64) -> String {
+    match n {
+        1 => "1 dead delivery is pending and due now".to_owned(),
+        n => format!("{n} dead deliveries are pending and due now"),
+    }
+}
+
+async fn replays(
+    operations: &Operations,
+    cli: &Caller,
+    command: ReplayCommand,
+) -> anyhow::Result<()> {
+    match command {
+        ReplayCommand::Start {
+            environment,
+            received_after,
+            received_before,
+            statuses,
+            dry_run,
+        } => {
+            let statuses: Vec<&str> = statuses.iter().map(String::as_str).collect();
+            let request = operations::replay_request(
+                &environment,
+                &received_after,
+                &received_before,
+                &statuses,
+                Timestamp::now(),
+            )
+            .map_err(|e| {
+                anyhow::anyhow!(e
+                    .replace("received_", "--received-")
+                    .replace("statuses:", "--status:"))
+            })?;
+            let retained = operations.retained_since();
+            if request.received_after < retained {
+                eprintln!(
+                    "note: delivered events received before {retained} are purged \
+                     (RELAY_RETENTION_HOURS); a replay cannot send them again"
+                );
+            }
+            if dry_run {
+                let n = operations.preview_replay(&request).await?;
+                println!("{n} deliveries would be sent again");
+            } else {
+                let replay = operations.start_replay(cli, &request).await?;
+                println!("{}", replay_line(&replay));
+                eprintln!(
+                    "the running relay sends them; follow with `deliveries replay show {}`",
+                    replay.id
+                );
+            }
+        }
+        ReplayCommand::Show { id } => println!("{}", replay_line(&operations.replay(id).await?)),
+        ReplayCommand::List => {
+            for replay in operations.replays().await? {
+                println!("{}", replay_line(&replay));
+            }
+        }
+        ReplayCommand::Cancel { id } => {
+            println!("{}", replay_line(&operations.cancel_replay(cli, id).await?))
         }
     }
     Ok(())
+}
+
+/// One replay on one line, for people.
+fn replay_line(r: &Replay) -> String {
+    let statuses: Vec<&str> = r.request.statuses.iter().map(|s| s.as_str()).collect();
+    format!(
+        "{:<8} {:<9} {:<10} received {} to {}  statuses {}  matched {}  queued {}",
+        r.id,
+        r.state.as_str(),
+        r.request.environment,
+        r.request.received_after,
+        r.request.received_before,
+        statuses.join(","),
+        r.matched,
+        r.queued
+    )
 }
 
 /// One delivery on one line, for people.

@@ -15,6 +15,7 @@ pub mod egress;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod operations;
 pub mod retention;
 pub mod retry;
 pub mod secret;
@@ -52,6 +53,7 @@ pub struct Application {
     health: Health,
     worker: JoinHandle<()>,
     retention: JoinHandle<()>,
+    replays: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -152,6 +154,11 @@ impl Application {
             let (stopped, grace) = (stopped.clone(), config.shutdown_grace);
             move || worker.clone().run(stopped.clone(), grace)
         });
+        let replays = supervise("replays", health.clone(), stopped.clone(), {
+            let (store, wake, stopped) = (store.clone(), Arc::clone(&wake), stopped.clone());
+            move || operations::run_replays(store.clone(), Arc::clone(&wake), stopped.clone())
+        });
+
         let retention = supervise("retention", health.clone(), stopped.clone(), {
             let (store, keep) = (store.clone(), config.retention);
             move || retention::run(store.clone(), keep, stopped.clone())
@@ -159,6 +166,11 @@ impl Application {
 
         let state = http::AppState {
             config: Arc::clone(&config),
+            operations: operations::Operations::new(
+                store.clone(),
+                Some(Arc::clone(&wake)),
+                config.retention,
+            ),
             store: store.clone(),
             health: health.clone(),
             throttle: http::guard::Throttle::new(Arc::clone(&metrics)),
@@ -195,6 +207,7 @@ impl Application {
             health,
             worker,
             retention,
+            replays,
             stop,
         })
     }
@@ -239,6 +252,7 @@ impl Application {
         let _ = self.stop.send(true);
         let _ = self.worker.await;
         let _ = self.retention.await;
+        let _ = self.replays.await;
         self.store.close().await;
         tracing::info!("accelerate-relay stopped");
         served

@@ -30,6 +30,25 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// For the CLI's operations: their audit lines (and warnings) on standard
+/// error, so standard output stays the command's own answer.
+pub fn init_for_operator_commands() {
+    let format = match std::env::var("RELAY_LOG_FORMAT").as_deref().map(str::trim) {
+        Ok("text") => LogFormat::Text,
+        _ => LogFormat::Json,
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,accelerate_relay::operations=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.event_format(JsonLines).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
 /// The JSON line of an event, written straight into the line's buffer: the
 /// same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`,
 /// the event's fields in order, `target`), without its per-field detours

@@ -639,7 +639,66 @@ async fn a_retry_never_sends_beside_an_attempt_in_flight(backend: Backend) {
     app.stop().await;
 }
 
+/// A delivered event retried keeps its first delivery in the history (the
+/// next one does not overwrite it), and one that then dies is dead with no
+/// delivery time left over.
+async fn a_retried_delivery_keeps_every_attempt(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("RELAY_ADMIN_TOKEN", TOKEN),
+            ("RELAY_RETRY_SCHEDULE", "50ms"),
+        ],
+    )
+    .await;
+    let (_, accepted) = app.send_json("sandbox", approved_event("evt_twice")).await;
+    let id = accepted["delivery_id"].as_str().expect("id").to_owned();
+    assert!(app.reaches_status("evt_twice", "delivered", WAIT).await);
+    let path = format!("/admin/deliveries/{id}");
+    let retry = format!("{path}/retry");
+    assert_eq!(admin(&app, "POST", &retry, Some(TOKEN)).await.0, 202);
+    app.sandbox.wait_for(2, WAIT).await;
+    let history = |shown: &Value| -> Vec<(u64, String)> {
+        shown["attempt_history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .map(|a| {
+                (
+                    a["attempt"].as_u64().expect("n"),
+                    a["outcome"].as_str().expect("o").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let delivered_twice = eventually(WAIT, || async {
+        let (_, shown) = admin(&app, "GET", &path, Some(TOKEN)).await;
+        history(&shown).len() == 2
+    })
+    .await;
+    let (_, shown) = admin(&app, "GET", &path, Some(TOKEN)).await;
+    assert!(delivered_twice, "{shown}");
+    assert_eq!(
+        history(&shown),
+        [(1, "delivered".to_owned()), (2, "delivered".to_owned())]
+    );
+
+    app.sandbox.set_default(Reply::Status(503));
+    assert_eq!(admin(&app, "POST", &retry, Some(TOKEN)).await.0, 202);
+    assert!(app.reaches_status("evt_twice", "dead", WAIT).await);
+    let (_, shown) = admin(&app, "GET", &path, Some(TOKEN)).await;
+    assert_eq!(shown["delivered_at"], Value::Null, "{shown}");
+    let outcomes: Vec<String> = history(&shown).into_iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        outcomes,
+        ["delivered", "delivered", "http_5xx", "http_5xx"],
+        "{shown}"
+    );
+    app.stop().await;
+}
+
 on_both_stores!(
+    a_retried_delivery_keeps_every_attempt,
     a_retry_never_sends_beside_an_attempt_in_flight,
     ids_and_parameters_are_parsed_strictly,
     admin_api_is_off_without_a_token,
@@ -720,7 +779,7 @@ async fn audit_lines_are_well_formed_json() {
             "{key} in {line}"
         );
     }
-    assert_eq!(parsed["target"], "accelerate_relay::http::admin", "{line}");
+    assert_eq!(parsed["target"], "accelerate_relay::operations", "{line}");
     assert_eq!(parsed["action"], "retry");
     assert_eq!(parsed["actor"], "api");
     assert_eq!(parsed["result"], "pending, due now");

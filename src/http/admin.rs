@@ -12,22 +12,22 @@ use serde_json::json;
 
 use super::guard::Operator;
 use super::operators::Stopped;
-use super::{get, post, AppState};
+use super::{get, get_post, post, AppState};
 use crate::event::Environment;
-use crate::store::{DeliveryId, EndedBy, ListFilter, Retried, StoreError, Timestamp};
+use crate::operations::{self, Actor, Caller, OperationError};
+use crate::store::{DeliveryId, EndedBy, ListFilter, ReplayId, StoreError, Timestamp};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/admin/deliveries", list))
         .service(post("/admin/deliveries/retry-dead", retry_dead))
         .service(get("/admin/deliveries/{id}", show))
         .service(post("/admin/deliveries/{id}/retry", retry))
+        .service(get_post("/admin/replays", list_replays, start_replay))
+        .service(get("/admin/replays/{id}", show_replay))
+        .service(post("/admin/replays/{id}/cancel", cancel_replay))
         .service(get("/admin/sessions", sessions))
         .service(post("/admin/sessions/{id}/revoke", revoke_session));
 }
-
-/// Who an audit line says acted: the admin API, the CLI, or a console
-/// session (by its id).
-pub const API: &str = "api";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -41,6 +41,8 @@ pub enum AdminError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Ended(String),
     #[error("the store did not answer: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -54,7 +56,7 @@ impl ResponseError for AdminError {
             AdminError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Conflict(_) | AdminError::Ended(_) => StatusCode::CONFLICT,
             AdminError::Store(_) | AdminError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -74,6 +76,7 @@ impl ResponseError for AdminError {
             AdminError::NotFound(_) => json!({ "error": "not_found", "message": self.to_string() }),
             AdminError::BadRequest(m) => json!({ "error": "bad_request", "message": m }),
             AdminError::Conflict(m) => json!({ "error": "attempt_in_flight", "message": m }),
+            AdminError::Ended(m) => json!({ "error": "replay_ended", "message": m }),
             AdminError::Store(_) => json!({ "error": "store_unavailable" }),
             AdminError::Stopped(_) => {
                 json!({ "error": "shutting_down", "message": self.to_string() })
@@ -91,84 +94,25 @@ pub(super) fn retry_after(wait: std::time::Duration) -> String {
         .to_string()
 }
 
-/// A manual retry as the admin API and the console make it: the delivery
-/// pending and due now, the worker woken, an audit line; refused while an
-/// attempt is in flight.
-pub(super) async fn retry_now(
-    req: &HttpRequest,
-    state: &AppState,
-    actor: &str,
-    action: &'static str,
-    id: DeliveryId,
-) -> Result<Retried, StoreError> {
-    let retried = state.store.retry(id, Timestamp::now()).await?;
-    let result = match &retried {
-        Retried::Due => {
-            state.wake.notify_one();
-            "pending, due now"
+impl From<OperationError> for AdminError {
+    fn from(e: OperationError) -> Self {
+        match e {
+            OperationError::NotFound(what) => AdminError::NotFound(what),
+            OperationError::Invalid(m) => AdminError::BadRequest(m),
+            OperationError::InFlight(m) => AdminError::Conflict(m),
+            OperationError::Ended(m) => AdminError::Ended(m),
+            OperationError::Store(e) => AdminError::Store(e),
         }
-        Retried::NotFound => "not found",
-        Retried::InFlight { .. } => "refused: an attempt is in flight",
-    };
-    audit(req, actor, action, &id.to_string(), result);
-    Ok(retried)
+    }
 }
 
-/// What an operator reads when a retry meets an attempt in flight.
-pub(super) fn in_flight_message(id: DeliveryId, lease_ends: Option<&str>) -> String {
-    format!(
-        "{id}: an attempt is being sent to Accelerate now (its lease ends at {} at the latest); \
-         its outcome will be in the history. Retry after it, if it failed.",
-        lease_ends.unwrap_or("its lease's end")
-    )
-}
-
-/// Every dead delivery (of `environment`, or of both) retried as `retry_now` does one.
-pub(super) async fn retry_dead_now(
-    req: &HttpRequest,
-    state: &AppState,
-    actor: &str,
-    action: &'static str,
-    environment: Option<Environment>,
-) -> Result<u64, StoreError> {
-    let retried = state
-        .store
-        .retry_dead(Timestamp::now(), environment)
-        .await?;
-    state.wake.notify_one();
-    audit(
-        req,
+/// The caller of an HTTP request, for the audit trail.
+pub(super) fn caller(req: &HttpRequest, actor: Actor) -> Caller {
+    Caller {
         actor,
-        action,
-        environment.map_or("all environments", Environment::as_str),
-        &format!("{retried} pending, due now"),
-    );
-    Ok(retried)
-}
-
-/// One line per admin request that got past the token, for the audit trail:
-/// who acted (`actor`: `api` or the console session's id), what was done
-/// (`action`), to what (`subject`: a delivery, an environment, a session),
-/// with what result, from which address. Field names no log line already
-/// has (`target` is the logger's own), so a JSON reader keeps every one.
-pub(super) fn audit(
-    req: &HttpRequest,
-    actor: &str,
-    action: &'static str,
-    subject: &str,
-    result: &str,
-) {
-    let peer = req.peer_addr().map(|a| a.ip());
-    tracing::info!(
-        audit = true,
-        actor,
-        action,
-        subject,
-        result,
-        path = req.path(),
-        peer = peer.map(tracing::field::display),
-        "admin action"
-    );
+        peer: req.peer_addr().map(|a| a.ip()),
+        path: Some(req.path().to_owned()),
+    }
 }
 
 async fn list(
@@ -179,21 +123,20 @@ async fn list(
     let query = query_pairs(&req)?;
     let filter = ListFilter::parse(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(AdminError::BadRequest)?;
-    let store = state.store.clone();
+    let (operations, who) = (state.operations.clone(), caller(&req, Actor::Api));
     // The page is serialised where it was read, off the webhook workers.
-    let (listed, page) = state
+    let page = state
         .operators
         .run(async move {
-            let deliveries = store.list(&filter).await?;
+            let deliveries = operations.list(&who, &filter).await?;
             let next = (deliveries.len() == filter.limit as usize)
                 .then(|| deliveries.last().map(|d| d.id.clone()))
                 .flatten();
             let page = serde_json::to_vec(&json!({ "deliveries": deliveries, "next": next }))
                 .expect("a page of deliveries serialises");
-            Ok::<_, AdminError>((deliveries.len(), page))
+            Ok::<_, AdminError>(page)
         })
         .await?;
-    audit(&req, API, "list", "deliveries", &format!("{listed} listed"));
     Ok(HttpResponse::Ok()
         .insert_header(header::ContentType::json())
         .body(page))
@@ -207,13 +150,11 @@ async fn show(
 ) -> Result<HttpResponse, AdminError> {
     only(&req, &[])?;
     let id = delivery_id(&id)?;
-    let store = state.store.clone();
+    let (operations, who) = (state.operations.clone(), caller(&req, Actor::Api));
     let detail = state
         .operators
-        .run(async move { store.detail(id).await.map_err(AdminError::from) })
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("delivery {id}")))?;
-    audit(&req, API, "show", &id.to_string(), "shown");
+        .run(async move { operations.detail(&who, id).await.map_err(AdminError::from) })
+        .await?;
     Ok(HttpResponse::Ok().json(detail))
 }
 
@@ -225,16 +166,10 @@ async fn retry(
 ) -> Result<HttpResponse, AdminError> {
     only(&req, &[])?;
     let id = delivery_id(&id)?;
-    match retry_now(&req, &state, API, "retry", id).await? {
-        Retried::Due => {}
-        Retried::NotFound => return Err(AdminError::NotFound(format!("delivery {id}"))),
-        Retried::InFlight { lease_ends } => {
-            return Err(AdminError::Conflict(in_flight_message(
-                id,
-                lease_ends.as_deref(),
-            )))
-        }
-    }
+    state
+        .operations
+        .retry(&caller(&req, Actor::Api), id)
+        .await?;
     match state.store.get(id).await? {
         Some(delivery) => Ok(HttpResponse::Accepted().json(delivery)),
         // Purged between the retry and now: it was delivered meanwhile.
@@ -252,8 +187,102 @@ async fn retry_dead(
         Some((_, e)) => Some(parse::<Environment>("environment", e)?),
         None => None,
     };
-    let retried = retry_dead_now(&req, &state, API, "retry-dead", environment).await?;
+    let retried = state
+        .operations
+        .retry_dead(&caller(&req, Actor::Api), environment)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "retried": retried })))
+}
+
+/// `POST /admin/replays`: the body names every field once and nothing else.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    environment: String,
+    received_after: String,
+    received_before: String,
+    statuses: Vec<String>,
+    /// Only count what would be replayed.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// 202 with the replay (`state`, `matched`, `queued`), which the replay
+/// runner then sends on whichever replica; with `dry_run`, 200 and the
+/// count only.
+async fn start_replay(
+    _: Operator,
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let body: ReplayBody = serde_json::from_slice(&body).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "the body must be JSON {{\"environment\", \"received_after\", \"received_before\", \
+             \"statuses\": [...]}} (and optionally \"dry_run\": true): {e}"
+        ))
+    })?;
+    let statuses: Vec<&str> = body.statuses.iter().map(String::as_str).collect();
+    let request = operations::replay_request(
+        &body.environment,
+        &body.received_after,
+        &body.received_before,
+        &statuses,
+        Timestamp::now(),
+    )
+    .map_err(AdminError::BadRequest)?;
+    let retained_since = state.operations.retained_since().to_string();
+    if body.dry_run {
+        let matched = state.operations.preview_replay(&request).await?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "matched": matched,
+            "retained_since": retained_since,
+        })));
+    }
+    let replay = state
+        .operations
+        .start_replay(&caller(&req, Actor::Api), &request)
+        .await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/admin/replays/{}", replay.id)))
+        .json(json!({ "replay": replay, "retained_since": retained_since })))
+}
+
+async fn list_replays(
+    _: Operator,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let replays = state.operations.replays().await?;
+    Ok(HttpResponse::Ok().json(json!({ "replays": replays })))
+}
+
+async fn show_replay(
+    _: Operator,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let id: ReplayId = id.parse().map_err(AdminError::BadRequest)?;
+    Ok(HttpResponse::Ok().json(state.operations.replay(id).await?))
+}
+
+async fn cancel_replay(
+    _: Operator,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let id: ReplayId = id.parse().map_err(AdminError::BadRequest)?;
+    let replay = state
+        .operations
+        .cancel_replay(&caller(&req, Actor::Api), id)
+        .await?;
+    Ok(HttpResponse::Ok().json(replay))
 }
 
 /// The console sessions neither ended nor expired, newest first. Never the
@@ -276,9 +305,7 @@ async fn sessions(
             })
         })
         .collect();
-    audit(
-        &req,
-        API,
+    caller(&req, Actor::Api).audit(
         "list-sessions",
         "sessions",
         &format!("{} listed", shown.len()),
@@ -300,7 +327,7 @@ async fn revoke_session(
         .end_session(id, Timestamp::now(), EndedBy::Revoked)
         .await?;
     let result = if ended { "revoked" } else { "not found" };
-    audit(&req, API, "revoke-session", id, result);
+    caller(&req, Actor::Api).audit("revoke-session", id, result);
     if !ended {
         return Err(AdminError::NotFound(format!("active session {id}")));
     }

@@ -29,6 +29,8 @@ use crate::supervise::Health;
 /// What every handler can reach.
 pub struct AppState {
     pub config: Arc<Config>,
+    /// What operators do, for the admin API and the console alike.
+    pub operations: crate::operations::Operations,
     pub store: Store,
     /// Which supervised background tasks are down (`/readyz` is 503 then).
     pub health: Health,

@@ -6,6 +6,7 @@
 //! once the lease runs out.
 
 mod postgres;
+mod replays;
 mod rows;
 mod sessions;
 mod sqlite;
@@ -21,6 +22,7 @@ use crate::event::{AccelerateToken, Environment, EventId, EventType, PaymentId};
 use crate::verify::{Credentials, KeyRef};
 
 pub use postgres::PgStore;
+pub use replays::{Replay, ReplayId, ReplayRequest, ReplayState, Stepped, STEP_EVERY, STEP_SIZE};
 pub use sessions::{EndedBy, StoredSession};
 pub use sqlite::SqliteStore;
 
@@ -371,6 +373,15 @@ impl fmt::Display for Timestamp {
             humantime::format_rfc3339_millis(self.to_system_time())
         )
     }
+}
+
+/// A time an operator gives (`name` is the parameter, for the error).
+pub fn parse_utc(name: &str, value: &str) -> Result<Timestamp, String> {
+    humantime::parse_rfc3339_weak(value)
+        .map(Timestamp::from)
+        .map_err(|_| {
+            format!("{name}: `{value}` is not an RFC 3339 time in UTC, e.g. 2026-11-25T18:00:00Z")
+        })
 }
 
 /// A delivery's public id, `dlv_<n>`.
@@ -748,13 +759,6 @@ impl ListFilter {
             }
             Ok(value.to_owned())
         }
-        fn time(name: &str, value: &str) -> Result<Timestamp, String> {
-            humantime::parse_rfc3339_weak(value)
-                .map(Timestamp::from)
-                .map_err(|_| {
-                    format!("{name}: `{value}` is not an RFC 3339 time in UTC, e.g. 2026-11-25T18:00:00Z")
-                })
-        }
         let mut filter = ListFilter {
             limit: Self::DEFAULT_LIMIT,
             ..ListFilter::default()
@@ -773,8 +777,8 @@ impl ListFilter {
                 "accelerate_token" => filter.accelerate_token = Some(storable(name, value)?),
                 "event_id" => filter.event_id = Some(storable(name, value)?),
                 "payment_id" => filter.payment_id = Some(storable(name, value)?),
-                "received_after" => filter.received_after = Some(time(name, value)?),
-                "received_before" => filter.received_before = Some(time(name, value)?),
+                "received_after" => filter.received_after = Some(parse_utc(name, value)?),
+                "received_before" => filter.received_before = Some(parse_utc(name, value)?),
                 "cursor" => filter.before = Some(typed(name, value)?),
                 "limit" => {
                     filter.limit = value

@@ -19,7 +19,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, SessionRow, Value};
+use super::replays::{self, ReplayId, Stepped};
+use super::rows::{
+    self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow, Value,
+};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -351,11 +354,18 @@ impl PgStore {
     }
 
     pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(rows::RETRY_ONE_KEEP)
+            .bind(id.0)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query(rows::RETRY_ONE)
             .bind(id.0)
             .bind(now.0)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -364,12 +374,124 @@ impl PgStore {
         now: Timestamp,
         environment: Option<Environment>,
     ) -> Result<u64, StoreError> {
+        let environment = environment.map(|e| e.as_str());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(rows::RETRY_DEAD_KEEP)
+            .bind(environment)
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query(rows::RETRY_DEAD)
             .bind(now.0)
-            .bind(environment.map(|e| e.as_str()))
-            .execute(&self.pool)
+            .bind(environment)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
+    }
+
+    /// One number: a count, or the id an insert returns.
+    pub async fn scalar(&self, sql: &str, params: &[Param]) -> Result<i64, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        bounded(self.timeout, query.fetch_one(&self.admin)).await
+    }
+
+    /// A column of ids, on the relay's own pool (the replay runner's reads).
+    pub async fn ids(&self, sql: &str, params: &[Param]) -> Result<Vec<i64>, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        bounded(self.timeout, query.fetch_all(&self.pool)).await
+    }
+
+    pub async fn replay_rows(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<ReplayRow>, StoreError> {
+        let mut query = sqlx::query_as::<_, ReplayRow>(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        bounded(self.timeout, query.fetch_all(&self.admin)).await
+    }
+
+    /// One step in one transaction: the replay's row is locked first, so a
+    /// second replica taking the same step waits and then finds it not due;
+    /// the deliveries it reaches are locked too, so no claim starts an
+    /// attempt between the step's look at them and its update.
+    pub async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
+        bounded(self.timeout, async {
+            let mut tx = self.pool.begin().await?;
+            let found: Option<(String, i64, i64, String, i64, i64)> =
+                sqlx::query_as(&format!("{} FOR UPDATE", replays::STEP_REPLAY))
+                    .bind(id.0)
+                    .bind(now.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((
+                environment,
+                received_after,
+                received_before,
+                statuses,
+                cursor_at,
+                cursor_id,
+            )) = found
+            else {
+                return Ok::<_, sqlx::Error>(Stepped::default());
+            };
+            let replay = replays::StepReplay {
+                environment,
+                received_after,
+                received_before,
+                statuses,
+                cursor_at,
+                cursor_id,
+            };
+            let sql = format!("{} FOR UPDATE", replays::STEP_DELIVERIES);
+            let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+            let params = replay.params(now);
+            for param in &params {
+                query = bind!(query, param.as_value());
+            }
+            let found: Vec<replays::Candidate> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(id, received_at, in_flight)| replays::Candidate {
+                    id,
+                    received_at,
+                    in_flight: in_flight != 0,
+                })
+                .collect();
+            let plan = replays::plan_step(&found, replays::STEP_SIZE);
+            for delivery in &plan.queue {
+                sqlx::query(rows::REPLAY_ONE_KEEP)
+                    .bind(delivery)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(rows::REPLAY_ONE)
+                    .bind(delivery)
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut query = sqlx::query(replays::STEP_DONE);
+            let params = replay.done_params(id, &plan, now);
+            for param in &params {
+                query = bind!(query, param.as_value());
+            }
+            query.execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Stepped {
+                queued: plan.queue.len() as u64,
+                done: plan.done,
+            })
+        })
+        .await
     }
 
     /// Attempts go with their deliveries (the foreign key cascades).

@@ -254,6 +254,21 @@ impl From<Option<String>> for Param {
 }
 
 #[derive(sqlx::FromRow)]
+pub struct ReplayRow {
+    pub(super) id: i64,
+    pub(super) environment: String,
+    pub(super) received_after: i64,
+    pub(super) received_before: i64,
+    pub(super) statuses: String,
+    pub(super) state: String,
+    pub(super) matched: i64,
+    pub(super) queued: i64,
+    pub(super) created_at: i64,
+    pub(super) finished_at: Option<i64>,
+    pub(super) actor: String,
+}
+
+#[derive(sqlx::FromRow)]
 pub struct SessionRow {
     pub(super) id: String,
     pub(super) secret_hash: String,
@@ -271,17 +286,67 @@ pub const RELEASE: &str = "UPDATE deliveries SET next_attempt_at = $3, leased_un
      attempts = attempts - 1 WHERE id = $1 AND attempts = $2 AND status = 'pending' \
      AND leased_until IS NOT NULL";
 
-/// A manual retry gets the whole schedule again; attempts keep counting up so
-/// `X-Relay-Attempt` never repeats. Not while an attempt is in flight (a
+/// What a delivery made pending again (a retry, a replay) is set to: due
+/// at `$now`, the whole schedule again (attempts keep counting up, so
+/// `X-Relay-Attempt` never repeats), no longer delivered.
+macro_rules! requeue_set {
+    ($now:literal) => {
+        concat!(
+            "status = 'pending', next_attempt_at = ",
+            $now,
+            ", leased_until = NULL, ",
+            "attempts_base = attempts, delivered_at = NULL, delivered_attempt = NULL, ",
+            "delivered_started_at = NULL, delivered_duration_ms = NULL"
+        )
+    };
+}
+
+/// The attempt that delivered is kept in the delivery row (0006); before a
+/// delivery is made pending again it moves to `attempts`, so the attempt
+/// that delivers next cannot overwrite it and every attempt stays in the
+/// history. Followed by the `requeue_set!` in the same transaction.
+macro_rules! keep_delivered_attempt {
+    ($where:literal) => {
+        concat!(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, ",
+            "outcome, message) SELECT id, delivered_attempt, delivered_started_at, ",
+            "COALESCE(delivered_duration_ms, 0), last_status, 'delivered', NULL FROM deliveries ",
+            "WHERE delivered_attempt IS NOT NULL AND delivered_started_at IS NOT NULL AND ",
+            $where,
+            " ON CONFLICT DO NOTHING"
+        )
+    };
+}
+
+/// A manual retry: `$1` id, `$2` now. Not while an attempt is in flight (a
 /// live lease): clearing its lease would start a second, overlapping send
 /// and fence the first one's outcome out of the history.
-pub const RETRY_ONE: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, \
-     leased_until = NULL, attempts_base = attempts WHERE id = $1 \
-     AND NOT (status = 'pending' AND leased_until IS NOT NULL AND leased_until > $2)";
+pub const RETRY_ONE: &str = concat!(
+    "UPDATE deliveries SET ",
+    requeue_set!("$2"),
+    " WHERE id = $1 AND NOT (status = 'pending' AND leased_until IS NOT NULL AND leased_until > $2)"
+);
+pub const RETRY_ONE_KEEP: &str = keep_delivered_attempt!(
+    "id = $1 AND NOT (status = 'pending' AND leased_until IS NOT NULL AND leased_until > $2)"
+);
 /// `$1` now, `$2` environment (NULL for both).
-pub const RETRY_DEAD: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
-     leased_until = NULL, attempts_base = attempts WHERE status = 'dead' \
-     AND ($2 IS NULL OR environment = $2)";
+pub const RETRY_DEAD: &str = concat!(
+    "UPDATE deliveries SET ",
+    requeue_set!("$1"),
+    " WHERE status = 'dead' AND ($2 IS NULL OR environment = $2)"
+);
+/// `$1` environment (NULL for both).
+pub const RETRY_DEAD_KEEP: &str =
+    keep_delivered_attempt!("status = 'dead' AND ($1 IS NULL OR environment = $1)");
+/// One delivery a replay reached: `$1` id, `$2` now. The replay's step holds
+/// the row (PostgreSQL) or the writer (SQLite) and saw no attempt in flight.
+pub const REPLAY_ONE: &str = concat!(
+    "UPDATE deliveries SET ",
+    requeue_set!("$2"),
+    " WHERE id = $1"
+);
+/// `$1` id.
+pub const REPLAY_ONE_KEEP: &str = keep_delivered_attempt!("id = $1");
 
 /// Bounded, so one purge never holds the writer for long. The attempts go
 /// first, then their deliveries: both pick the same oldest rows, in the

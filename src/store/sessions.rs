@@ -120,7 +120,11 @@ impl Store {
         self.exec(PURGE, vec![Param::Int(before.0)]).await
     }
 
-    async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
+    pub(super) async fn exec(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.exec(sql, params).await,
             Store::Postgres(s) => s.exec(sql, &params).await,

@@ -15,7 +15,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, SessionRow, Value};
+use super::replays::{self, ReplayId, Stepped};
+use super::rows::{
+    self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow, Value,
+};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -33,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_delivered_attempt_in_row.sql"),
     include_str!("../../migrations/sqlite/0007_console_sessions.sql"),
     include_str!("../../migrations/sqlite/0008_find_any_payment.sql"),
+    include_str!("../../migrations/sqlite/0009_replays.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -99,6 +103,10 @@ enum Op {
         reply: Reply<u64>,
     },
     Retry(DeliveryId, Timestamp, Reply<bool>),
+    /// One step of a replay, in the writer's transaction.
+    ReplayStep(ReplayId, Timestamp, Reply<Stepped>),
+    /// An insert that returns the new row's id.
+    Insert(&'static str, Vec<Param>, Reply<i64>),
     RetryDead(Timestamp, Option<Environment>, Reply<u64>),
     Purge(Timestamp, Reply<u64>),
     /// One row's headers replaced, if they are still `old`.
@@ -380,6 +388,80 @@ impl SqliteStore {
 
     pub async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
         self.call(|reply| Op::Exec(sql, params, reply)).await
+    }
+
+    pub async fn insert_returning(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<i64, StoreError> {
+        self.call(|reply| Op::Insert(sql, params, reply)).await
+    }
+
+    pub async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
+        self.call(|reply| Op::ReplayStep(id, now, reply)).await
+    }
+
+    /// One number, on an operators' connection.
+    pub async fn count(&self, sql: &'static str, params: Vec<Param>) -> Result<i64, StoreError> {
+        self.admin_read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            Ok(match found.next()? {
+                Some(row) => row.get(0)?,
+                None => 0,
+            })
+        })
+        .await
+    }
+
+    /// A column of ids, on the relay's own read connection.
+    pub async fn ids(&self, sql: &'static str, params: Vec<Param>) -> Result<Vec<i64>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(row.get(0)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn replay_rows(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<Vec<ReplayRow>, StoreError> {
+        self.admin_read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(ReplayRow {
+                    id: row.get(0)?,
+                    environment: row.get(1)?,
+                    received_after: row.get(2)?,
+                    received_before: row.get(3)?,
+                    statuses: row.get(4)?,
+                    state: row.get(5)?,
+                    matched: row.get(6)?,
+                    queued: row.get(7)?,
+                    created_at: row.get(8)?,
+                    finished_at: row.get(9)?,
+                    actor: row.get(10)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn session_rows(
@@ -862,6 +944,58 @@ enum Done {
     Claimed(Vec<ClaimRow>),
     Finished,
     Count(u64),
+    Stepped(Stepped),
+    Id(i64),
+}
+
+/// A replay's step (see `replays`): the writer's transaction holds the
+/// whole database, so no claim starts between the look and the update.
+fn replay_step(conn: &Connection, id: ReplayId, now: Timestamp) -> rusqlite::Result<Stepped> {
+    let mut stmt = conn.prepare_cached(replays::STEP_REPLAY)?;
+    bind(&mut stmt, &[Value::Int(id.0), Value::Int(now.0)])?;
+    let mut found = stmt.raw_query();
+    let Some(row) = found.next()? else {
+        return Ok(Stepped::default());
+    };
+    let replay = replays::StepReplay {
+        environment: row.get(0)?,
+        received_after: row.get(1)?,
+        received_before: row.get(2)?,
+        statuses: row.get(3)?,
+        cursor_at: row.get(4)?,
+        cursor_id: row.get(5)?,
+    };
+    drop(found);
+    let params = replay.params(now);
+    let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+    let mut stmt = conn.prepare_cached(replays::STEP_DELIVERIES)?;
+    bind(&mut stmt, &values)?;
+    let mut rows_found = stmt.raw_query();
+    let mut candidates = Vec::new();
+    while let Some(row) = rows_found.next()? {
+        candidates.push(replays::Candidate {
+            id: row.get(0)?,
+            received_at: row.get(1)?,
+            in_flight: row.get::<_, i64>(2)? != 0,
+        });
+    }
+    drop(rows_found);
+    let plan = replays::plan_step(&candidates, replays::STEP_SIZE);
+    for delivery in &plan.queue {
+        execute(conn, rows::REPLAY_ONE_KEEP, &[Value::Int(*delivery)])?;
+        execute(
+            conn,
+            rows::REPLAY_ONE,
+            &[Value::Int(*delivery), Value::Int(now.0)],
+        )?;
+    }
+    let params = replay.done_params(id, &plan, now);
+    let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+    execute(conn, replays::STEP_DONE, &values)?;
+    Ok(Stepped {
+        queued: plan.queue.len() as u64,
+        done: plan.done,
+    })
 }
 
 fn run_batch(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
@@ -945,16 +1079,32 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
                 Value::Int(now.0),
             ],
         )?),
-        Op::Retry(id, now, _) => Done::Count(execute(
-            conn,
-            rows::RETRY_ONE,
-            &[Value::Int(id.0), Value::Int(now.0)],
-        )?),
-        Op::RetryDead(now, environment, _) => Done::Count(execute(
-            conn,
-            rows::RETRY_DEAD,
-            &[Value::Int(now.0), environment.map(|e| e.as_str()).into()],
-        )?),
+        Op::Retry(id, now, _) => {
+            let values = [Value::Int(id.0), Value::Int(now.0)];
+            execute(conn, rows::RETRY_ONE_KEEP, &values)?;
+            Done::Count(execute(conn, rows::RETRY_ONE, &values)?)
+        }
+        Op::RetryDead(now, environment, _) => {
+            let environment: Value<'_> = environment.map(|e| e.as_str()).into();
+            execute(conn, rows::RETRY_DEAD_KEEP, &[environment])?;
+            Done::Count(execute(
+                conn,
+                rows::RETRY_DEAD,
+                &[Value::Int(now.0), environment],
+            )?)
+        }
+        Op::ReplayStep(id, now, _) => Done::Stepped(replay_step(conn, *id, *now)?),
+        Op::Insert(sql, params, _) => {
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            let mut stmt = conn.prepare_cached(sql)?;
+            bind(&mut stmt, &values)?;
+            let mut inserted = stmt.raw_query();
+            let id: i64 = match inserted.next()? {
+                Some(row) => row.get(0)?,
+                None => return Err(rusqlite::Error::QueryReturnedNoRows),
+            };
+            Done::Id(id)
+        }
         Op::Purge(before, _) => {
             let chunk = [Value::Int(before.0), Value::Int(PURGE_CHUNK)];
             execute(conn, rows::PURGE_ATTEMPTS, &chunk)?;
@@ -999,7 +1149,9 @@ fn bind(stmt: &mut Statement<'_>, values: &[Value<'_>]) -> rusqlite::Result<()> 
 
 fn index(stmt: &Statement<'_>, n: usize) -> rusqlite::Result<usize> {
     // Every bind of every statement looks its names up: no string built for it.
-    const NAMES: [&str; 10] = ["$0", "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+    const NAMES: [&str; 13] = [
+        "$0", "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12",
+    ];
     let name = NAMES
         .get(n)
         .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("${n}")))?;
@@ -1038,6 +1190,8 @@ impl Op {
             }
             (Op::Finish(_, reply), Ok(Done::Finished)) => send(reply, Ok(())),
             (Op::Retry(_, _, r), Ok(Done::Count(n))) => send(r, Ok(n > 0)),
+            (Op::ReplayStep(_, _, r), Ok(Done::Stepped(s))) => send(r, Ok(s)),
+            (Op::Insert(_, _, r), Ok(Done::Id(id))) => send(r, Ok(id)),
             (
                 Op::RetryDead(_, _, r)
                 | Op::Purge(_, r)
@@ -1059,6 +1213,8 @@ impl Op {
                     Op::Claim { reply, .. } => send(reply, Err(error)),
                     Op::Finish(_, reply) => send(reply, Err(error)),
                     Op::Retry(_, _, r) => send(r, Err(error)),
+                    Op::ReplayStep(_, _, r) => send(r, Err(error)),
+                    Op::Insert(_, _, r) => send(r, Err(error)),
                     Op::RetryDead(_, _, r)
                     | Op::Purge(_, r)
                     | Op::Release { reply: r, .. }

@@ -19,12 +19,13 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use maud::Markup;
 
-use super::admin::{audit, in_flight_message, retry_after, retry_dead_now, retry_now};
+use super::admin::{caller, retry_after};
 use super::operators::Stopped;
 use super::{get, get_post, guard, post, AppState};
 use crate::config::Config;
 use crate::event::Environment;
-use crate::store::{DeliveryId, EndedBy, ListFilter, Retried, StoreError, Timestamp};
+use crate::operations::{Actor, OperationError};
+use crate::store::{DeliveryId, EndedBy, ListFilter, StoreError, Timestamp};
 use pages::{EnvironmentView, ListForm, Window};
 use session::{Session, Sessions};
 
@@ -158,6 +159,24 @@ impl ResponseError for ConsoleError {
     }
 }
 
+/// A console session as the audit trail names it.
+fn as_operator(req: &HttpRequest, session: &Session) -> crate::operations::Caller {
+    caller(req, Actor::Console(session.id().to_owned()))
+}
+
+impl From<OperationError> for ConsoleError {
+    fn from(e: OperationError) -> Self {
+        match e {
+            OperationError::NotFound(what) => {
+                ConsoleError::NotFound(format!("There is no {what}."))
+            }
+            OperationError::Invalid(m) => ConsoleError::BadRequest(m),
+            OperationError::InFlight(m) | OperationError::Ended(m) => ConsoleError::Conflict(m),
+            OperationError::Store(e) => ConsoleError::Store(e),
+        }
+    }
+}
+
 /// The signed-in operator, or a redirect to the sign-in page.
 async fn signed_in(
     req: &HttpRequest,
@@ -259,13 +278,7 @@ async fn sign_in(
     let (session, cookie) = sessions
         .start(&state.store, token, client, Timestamp::now())
         .await?;
-    audit(
-        &req,
-        session.id(),
-        "console-sign-in",
-        session.id(),
-        "signed in",
-    );
+    as_operator(&req, &session).audit("console-sign-in", session.id(), "signed in");
     let mut response = see_other("/console");
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -299,7 +312,7 @@ async fn end_session(
         (EndedBy::Revoked, true) => ("console-revoke-session", "revoked"),
         (EndedBy::Revoked, false) => ("console-revoke-session", "not found"),
     };
-    audit(req, session.id(), action, id, result);
+    as_operator(req, session).audit(action, id, result);
     Ok(ended)
 }
 
@@ -496,15 +509,13 @@ async fn retry(
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &sessions, &state, &form).await?;
     let id = delivery_id(&id)?;
-    match retry_now(&req, &state, session.id(), "console-retry", id).await? {
-        Retried::Due => {}
-        Retried::NotFound => return Err(missing(id)),
-        Retried::InFlight { lease_ends } => {
-            return Err(ConsoleError::Conflict(in_flight_message(
-                id,
-                lease_ends.as_deref(),
-            )))
-        }
+    match state
+        .operations
+        .retry(&as_operator(&req, &session), id)
+        .await
+    {
+        Err(OperationError::NotFound(_)) => return Err(missing(id)),
+        other => other?,
     }
     Ok(see_other(&format!(
         "/console/deliveries/{id}?notice={}",
@@ -542,14 +553,10 @@ async fn retry_dead(
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &sessions, &state, &form).await?;
     let environment = environment(&form)?;
-    let retried = retry_dead_now(
-        &req,
-        &state,
-        session.id(),
-        "console-retry-dead",
-        environment,
-    )
-    .await?;
+    let retried = state
+        .operations
+        .retry_dead(&as_operator(&req, &session), environment)
+        .await?;
     Ok(see_other(&format!(
         "/console/deliveries?status=pending&notice={}",
         sessions.seal_notice(&session, &format!("retried-dead:{retried}"))
