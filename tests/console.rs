@@ -532,7 +532,119 @@ async fn sessions_are_revoked_and_sign_out_ends_the_cookie(backend: Backend) {
     app.stop().await;
 }
 
+/// UTC as a `datetime-local` input holds it.
+fn local_input(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()[..19].to_owned()
+}
+
+/// A replay is asked for with a form, confirmed on a page that shows how
+/// many events it sends, and followed (and cancelled) on the replays page.
+async fn a_replay_is_counted_confirmed_and_followed(backend: Backend) {
+    let app = console_app(backend).await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let from = std::time::SystemTime::now() - Duration::from_secs(2);
+    send(&app, "sandbox", "evt_console_rp1").await;
+    send(&app, "sandbox", "evt_console_rp2").await;
+    for id in ["evt_console_rp1", "evt_console_rp2"] {
+        assert!(app.reaches_status(id, "delivered", WAIT).await);
+    }
+    dead_event(&app, "evt_console_rp3").await;
+    send(&app, "production", "evt_console_rp_prod").await;
+    let sent = app.sandbox.received().len();
+
+    sign_in(&browser, &app).await;
+    browser.click("nav a[href='/console/replays']").await;
+    assert_eq!(browser.path().await, "/console/replays");
+    assert_eq!(browser.text(".empty").await, "No replay yet.");
+    browser
+        .set_value("#received_after", &local_input(from))
+        .await;
+    let to = std::time::SystemTime::now() + Duration::from_secs(1);
+    browser
+        .set_value("#received_before", &local_input(to))
+        .await;
+    browser.tick("input[name=status][value=delivered]").await;
+    browser.tick("input[name=status][value=dead]").await;
+    browser.click("form.replay button").await;
+    assert_eq!(browser.path().await, "/console/replays/confirm");
+    assert_eq!(browser.text("[data-count=matched]").await, "3");
+    let (dir, name) = screenshots(backend, "console-replay-confirm");
+    browser.screenshot(&dir, &name).await;
+    assert_eq!(
+        app.sandbox.received().len(),
+        sent,
+        "nothing sent before the confirmation"
+    );
+
+    browser.click("form.confirm button").await;
+    assert_eq!(browser.path().await, "/console/replays");
+    let notice = browser.text(".notice").await;
+    assert!(
+        notice.starts_with("Replay rpl_1 started: 3 events"),
+        "{notice}"
+    );
+    app.sandbox.wait_for(sent + 3, WAIT).await;
+    assert!(page_shows(&browser, "tr[data-replay=rpl_1] .status", "done").await);
+    assert_eq!(browser.text("tr[data-replay=rpl_1] .queued").await, "3");
+    assert_eq!(
+        app.production.received().len(),
+        1,
+        "production not replayed"
+    );
+
+    // A replay waiting on an attempt in flight is running: cancelled with its button.
+    app.sandbox
+        .set_default(Reply::Slow(Duration::from_secs(3), 200));
+    send(&app, "sandbox", "evt_console_rp_slow").await;
+    app.sandbox.wait_for(sent + 4, WAIT).await;
+    browser.goto(&format!("{}/replays", console(&app))).await;
+    browser
+        .set_value("#received_after", &local_input(from))
+        .await;
+    let to = std::time::SystemTime::now() + Duration::from_secs(1);
+    browser
+        .set_value("#received_before", &local_input(to))
+        .await;
+    browser.tick("input[name=status][value=pending]").await;
+    browser.click("form.replay button").await;
+    browser.click("form.confirm button").await;
+    assert!(page_shows(&browser, "tr[data-replay=rpl_2] .status", "running").await);
+    let (dir, name) = screenshots(backend, "console-replays");
+    browser.screenshot(&dir, &name).await;
+    browser
+        .click("tr[data-replay=rpl_2] form.revoke button")
+        .await;
+    let notice = browser.text(".notice").await;
+    assert!(notice.starts_with("Replay rpl_2 cancelled"), "{notice}");
+    assert_eq!(
+        browser.text("tr[data-replay=rpl_2] .status").await,
+        "cancelled"
+    );
+
+    // What is wrong is said on the form; a notice written into a link is not shown.
+    let base = console(&app);
+    browser
+        .goto(&format!(
+            "{base}/replays/confirm?environment=sandbox&received_after=2026-02-01T00:00&received_before=2026-01-01T00:00&status=dead"
+        ))
+        .await;
+    assert!(browser.text(".error").await.contains("must be before"));
+    browser
+        .goto(&format!("{base}/replays/confirm?environment=sandbox&received_after=2026-01-01T00:00&received_before=2026-02-01T00:00&status=dead&status=dead"))
+        .await;
+    assert!(browser.text(".error").await.contains("more than once"));
+    browser
+        .goto(&format!("{base}/replays?notice=replay-started:rpl_9:99999"))
+        .await;
+    assert!(browser.texts(".notice").await.is_empty());
+    browser.close().await;
+    app.stop().await;
+}
+
 on_both_stores!(
+    a_replay_is_counted_confirmed_and_followed,
     sign_in_needs_the_admin_token,
     sessions_are_revoked_and_sign_out_ends_the_cookie,
     overview_counts_real_traffic_and_the_token_filter_finds_the_event,

@@ -148,6 +148,21 @@ impl Browser {
         field.send_keys(value).await.expect("typed");
     }
 
+    /// Sets a field's value as a person picking it would (a `datetime-local`
+    /// input takes no typing that does not depend on the browser's locale).
+    pub async fn set_value(&self, css: &str, value: &str) {
+        let script = "document.querySelector(arguments[0]).value = arguments[1]";
+        self.client
+            .execute(script, vec![json!(css), json!(value)])
+            .await
+            .expect("the value is set");
+    }
+
+    /// Clicks a control that stays on the page (a checkbox).
+    pub async fn tick(&self, css: &str) {
+        self.element(css).await.click().await.expect("clicked");
+    }
+
     /// Clicks what leads to another page, and waits until that page has
     /// loaded (WebDriver's click may return before a form's answer is in).
     pub async fn click(&self, css: &str) {

@@ -25,8 +25,10 @@ use super::{get, get_post, guard, post, AppState};
 use crate::config::Config;
 use crate::event::Environment;
 use crate::operations::{Actor, OperationError};
-use crate::store::{DeliveryId, EndedBy, ListFilter, StoreError, Timestamp};
-use pages::{EnvironmentView, ListForm, Window};
+use crate::store::{
+    DeliveryId, EndedBy, ListFilter, ReplayId, ReplayRequest, StoreError, Timestamp,
+};
+use pages::{EnvironmentView, ListForm, ReplayForm, Window};
 use session::{Session, Sessions};
 
 pub use session::{parse_id as session_id, COOKIE};
@@ -84,6 +86,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
             .service(get("/deliveries/{id}", delivery))
             .service(post("/deliveries/{id}/retry", retry))
             .service(get_post("/retry-dead", confirm_retry_dead, retry_dead))
+            .service(get_post("/replays", replays_page, start_replay))
+            .service(get("/replays/confirm", confirm_replay))
+            .service(post("/replays/{id}/cancel", cancel_replay))
             .service(get("/sessions", sessions_page))
             .service(post("/sessions/{id}/revoke", revoke_session))
             .service(get("/assets/console.css", stylesheet))
@@ -109,6 +114,8 @@ pub enum ConsoleError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Ended(String),
     #[error(
         "Too many wrong admin tokens came from your address. Wait {} s, then sign in with \
          the value of RELAY_ADMIN_TOKEN.", .0.as_secs().max(1)
@@ -130,7 +137,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Forged => StatusCode::FORBIDDEN,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
+            ConsoleError::Conflict(_) | ConsoleError::Ended(_) => StatusCode::CONFLICT,
             ConsoleError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Store(_) | ConsoleError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -143,6 +150,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::NotFound(_) => "Not found",
             ConsoleError::BadRequest(_) => "Bad request",
             ConsoleError::Conflict(_) => "An attempt is in flight",
+            ConsoleError::Ended(_) => "Already ended",
             ConsoleError::Throttled(_) => "Too many attempts",
             ConsoleError::Store(_) => "Store unavailable",
             ConsoleError::Stopped(_) => "Shutting down",
@@ -171,7 +179,8 @@ impl From<OperationError> for ConsoleError {
                 ConsoleError::NotFound(format!("There is no {what}."))
             }
             OperationError::Invalid(m) => ConsoleError::BadRequest(m),
-            OperationError::InFlight(m) | OperationError::Ended(m) => ConsoleError::Conflict(m),
+            OperationError::InFlight(m) => ConsoleError::Conflict(m),
+            OperationError::Ended(m) => ConsoleError::Ended(m),
             OperationError::Store(e) => ConsoleError::Store(e),
         }
     }
@@ -563,6 +572,188 @@ async fn retry_dead(
     )))
 }
 
+async fn replays_page(
+    req: HttpRequest,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions, &state).await?;
+    let mut notice = None;
+    for (name, value) in super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)? {
+        match name.as_str() {
+            "notice" if notice.is_none() => {
+                notice = sessions.open_notice(&session, &value).map(notice_text)
+            }
+            _ => {
+                return Err(ConsoleError::BadRequest(format!(
+                    "This page takes no `{name}`. Use the form to start a replay."
+                )))
+            }
+        }
+    }
+    replays_form(
+        &session,
+        &state,
+        &ReplayForm::default(),
+        notice.as_deref(),
+        None,
+    )
+    .await
+}
+
+async fn replays_form(
+    session: &Session,
+    state: &AppState,
+    form: &ReplayForm,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Result<HttpResponse, ConsoleError> {
+    let found = state.operations.replays().await?;
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let retained_since = state.operations.retained_since();
+    Ok(html(
+        status,
+        pages::replays(session, form, &found, retained_since, notice, error),
+    ))
+}
+
+/// The replay form's fields, each once (statuses repeat, each once), and
+/// nothing else but the CSRF token of a POST; parsed by the same parser as
+/// the admin API's JSON and the CLI's flags.
+fn replay_fields(
+    pairs: &[(String, String)],
+    now: Timestamp,
+) -> (ReplayForm, Result<ReplayRequest, String>) {
+    let mut form = ReplayForm::default();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut problem = None;
+    for (name, value) in pairs {
+        let value = value.trim();
+        let field = match name.as_str() {
+            "status" => {
+                form.statuses.push(value.to_owned());
+                continue;
+            }
+            "csrf" => continue,
+            "environment" => &mut form.environment,
+            "received_after" => &mut form.received_after,
+            "received_before" => &mut form.received_before,
+            other => {
+                problem.get_or_insert(format!(
+                    "unknown field `{other}`; the form has environment, received_after, received_before and status"
+                ));
+                continue;
+            }
+        };
+        if seen.contains(&name.as_str()) {
+            problem.get_or_insert(format!("{name}: given more than once; give it once"));
+        }
+        seen.push(name);
+        value.to_owned().clone_into(field);
+    }
+    if let Some(problem) = problem {
+        return (form, Err(problem));
+    }
+    let statuses: Vec<&str> = form.statuses.iter().map(String::as_str).collect();
+    let request = crate::operations::replay_request(
+        &form.environment,
+        &utc(&form.received_after),
+        &utc(&form.received_before),
+        &statuses,
+        now,
+    );
+    // A `datetime-local` input shows no zone.
+    for field in [&mut form.received_after, &mut form.received_before] {
+        let shown = field.trim_end_matches('Z').to_owned();
+        *field = shown;
+    }
+    (form, request)
+}
+
+async fn confirm_replay(
+    req: HttpRequest,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = signed_in(&req, &sessions, &state).await?;
+    let pairs = super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?;
+    let (form, request) = replay_fields(&pairs, Timestamp::now());
+    let request = match request {
+        Ok(request) => request,
+        Err(message) => return replays_form(&session, &state, &form, None, Some(&message)).await,
+    };
+    let matched = state.operations.preview_replay(&request).await?;
+    Ok(html(
+        StatusCode::OK,
+        pages::confirm_replay(&session, &request, matched),
+    ))
+}
+
+async fn start_replay(
+    req: HttpRequest,
+    body: web::Bytes,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    if body.len() > FORM_LIMIT {
+        return Err(ConsoleError::BadRequest(format!(
+            "The form is larger than the console takes ({FORM_LIMIT} bytes). Go back and send it again."
+        )));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ConsoleError::BadRequest("The form is not valid UTF-8.".to_owned()))?;
+    let pairs = super::query_pairs(text).map_err(ConsoleError::BadRequest)?;
+    let mut csrf = HashMap::new();
+    for (name, value) in &pairs {
+        if name == "csrf" && csrf.insert(name.clone(), value.clone()).is_some() {
+            return Err(ConsoleError::Forged);
+        }
+    }
+    let session = checked(&req, &sessions, &state, &csrf).await?;
+    let (form, request) = replay_fields(&pairs, Timestamp::now());
+    let request = match request {
+        Ok(request) => request,
+        Err(message) => return replays_form(&session, &state, &form, None, Some(&message)).await,
+    };
+    let replay = state
+        .operations
+        .start_replay(&as_operator(&req, &session), &request)
+        .await?;
+    Ok(see_other(&format!(
+        "/console/replays?notice={}",
+        sessions.seal_notice(
+            &session,
+            &format!("replay-started:{}:{}", replay.id, replay.matched)
+        )
+    )))
+}
+
+async fn cancel_replay(
+    req: HttpRequest,
+    id: web::Path<String>,
+    form: web::Form<HashMap<String, String>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let session = checked(&req, &sessions, &state, &form).await?;
+    let id: ReplayId = id.parse().map_err(ConsoleError::BadRequest)?;
+    let replay = state
+        .operations
+        .cancel_replay(&as_operator(&req, &session), id)
+        .await?;
+    Ok(see_other(&format!(
+        "/console/replays?notice={}",
+        sessions.seal_notice(
+            &session,
+            &format!("replay-cancelled:{}:{}", replay.id, replay.queued)
+        )
+    )))
+}
+
 async fn stylesheet() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
@@ -633,6 +824,19 @@ fn notice_text(notice: &str) -> String {
             format!("Retried: {n} dead deliveries were made pending and due now.")
         }
         Some(("revoked", id)) => format!("Revoked: session {id} is signed out on every replica."),
+        Some(("replay-started", rest)) => match rest.split_once(':') {
+            Some((id, "1")) => format!("Replay {id} started: 1 event is being sent again."),
+            Some((id, n)) => format!(
+                "Replay {id} started: {n} events are being sent again, at most 200 a second."
+            ),
+            None => "Replay started.".to_owned(),
+        },
+        Some(("replay-cancelled", rest)) => match rest.split_once(':') {
+            Some((id, n)) => {
+                format!("Replay {id} cancelled: the {n} events it had queued are sent, no more.")
+            }
+            None => "Replay cancelled.".to_owned(),
+        },
         _ => "Done.".to_owned(),
     }
 }

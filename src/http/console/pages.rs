@@ -8,13 +8,16 @@ use super::chart;
 use super::session::Session;
 use crate::activity::Minute;
 use crate::event::Environment;
-use crate::store::{Counts, Delivery, DeliveryDetail, StoredSession, Timestamp};
+use crate::store::{
+    Counts, Delivery, DeliveryDetail, Replay, ReplayRequest, ReplayState, StoredSession, Timestamp,
+};
 
 /// The page a link in the header is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Overview,
     Deliveries,
+    Replays,
     Sessions,
     None,
 }
@@ -37,6 +40,7 @@ pub fn layout(title: &str, session: Option<&Session>, nav: Nav, body: Markup) ->
                         nav {
                             a href="/console" aria-current=[current(Nav::Overview)] { "Overview" }
                             a href="/console/deliveries" aria-current=[current(Nav::Deliveries)] { "Deliveries" }
+                            a href="/console/replays" aria-current=[current(Nav::Replays)] { "Replays" }
                             a href="/console/sessions" aria-current=[current(Nav::Sessions)] { "Sessions" }
                         }
                         form.sign-out method="post" action="/console/sign-out" {
@@ -321,6 +325,126 @@ pub fn confirm_retry_dead(
         }
     };
     layout("Retry all dead", Some(session), Nav::Deliveries, body)
+}
+
+/// What the replay form holds, as the operator typed it.
+#[derive(Default)]
+pub struct ReplayForm {
+    pub environment: String,
+    pub received_after: String,
+    pub received_before: String,
+    pub statuses: Vec<String>,
+}
+
+/// The replays, newest first, and the form that starts one (confirmed on
+/// the next page, which shows the count).
+pub fn replays(
+    session: &Session,
+    form: &ReplayForm,
+    found: &[Replay],
+    retained_since: Timestamp,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    let body = html! {
+        h1 { "Replays" }
+        @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+        p { "When Accelerate lost events or asks for them again: every event of one environment received in a time range "
+            "is sent again, delivered ones included, with the same bytes, headers and delivery id and a new attempt number. "
+            "A replay sends at most 200 events a second for the whole fleet and never beside an attempt in flight." }
+        p.hint { "Only events still kept can be replayed: delivered events received before "
+            (short(&retained_since.to_string())) " UTC were purged (RELAY_RETENTION_HOURS)." }
+        @if let Some(error) = error { p.error role="alert" { (error) } }
+        form.filters.replay method="get" action="/console/replays/confirm" {
+            div { label for="environment" { "Environment" }
+                select #environment name="environment" {
+                    @for e in ["sandbox", "production"] { option value=(e) selected[form.environment == e] { (e) } }
+                }
+            }
+            div { label for="received_after" { "Received from (UTC)" }
+                input #received_after type="datetime-local" step="1" required name="received_after" value=(form.received_after); }
+            div { label for="received_before" { "Received before (UTC)" }
+                input #received_before type="datetime-local" step="1" required name="received_before" value=(form.received_before); }
+            fieldset.statuses {
+                legend { "Statuses" }
+                @for s in ["delivered", "dead", "pending"] {
+                    label { input type="checkbox" name="status" value=(s) checked[form.statuses.iter().any(|x| x == s)]; " " (s) }
+                }
+            }
+            div.actions { button type="submit" { "Count and confirm…" } }
+        }
+        @if found.is_empty() {
+            p.empty { "No replay yet." }
+        } @else {
+            table.deliveries.replays {
+                thead { tr { th { "Replay" } th { "State" } th { "Environment" } th { "Received (UTC)" } th { "Statuses" } th.num { "Matched" } th.num { "Queued" } th { "Asked (UTC)" } th { "" } } }
+                tbody {
+                    @for r in found {
+                        tr data-replay=(r.id) {
+                            td.event-id { (r.id) }
+                            td { span class=(format!("status replay-{}", r.state.as_str())) { (r.state.as_str()) } }
+                            td { (r.request.environment) }
+                            td.range { (short(&r.request.received_after.to_string())) " →" br; (short(&r.request.received_before.to_string())) }
+                            td { (statuses(&r.request)) }
+                            td.num.matched { (r.matched) }
+                            td.num.queued { (r.queued) }
+                            td.range { (short(&r.created_at.to_string())) br; span.actor title=(r.actor) { "by " (actor(&r.actor)) } }
+                            td {
+                                @if r.state == ReplayState::Running {
+                                    form.revoke method="post" action=(format!("/console/replays/{}/cancel", r.id)) {
+                                        (csrf(session))
+                                        button.danger type="submit" { "Cancel" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Replays", Some(session), Nav::Replays, body)
+}
+
+/// `api`, `cli`, or a console session's id cut to what tells sessions apart.
+fn actor(actor: &str) -> String {
+    match actor.get(..12) {
+        Some(short) if actor.starts_with("ses_") && actor.len() > 12 => format!("{short}…"),
+        _ => actor.to_owned(),
+    }
+}
+
+fn statuses(request: &ReplayRequest) -> String {
+    let names: Vec<&str> = request.statuses.iter().map(|s| s.as_str()).collect();
+    names.join(", ")
+}
+
+/// The count a replay would send, and the button that starts it.
+pub fn confirm_replay(session: &Session, request: &ReplayRequest, matched: u64) -> Markup {
+    let after = request.received_after.to_string();
+    let before = request.received_before.to_string();
+    let body = html! {
+        h1 { "Replay " (request.environment) " events" }
+        @if matched == 0 {
+            p { "No " (statuses(request)) " event of " (request.environment) " was received between "
+                (short(&after)) " and " (short(&before)) " UTC (or it was purged). Nothing to replay." }
+            p { a href="/console/replays" { "← Replays" } }
+        } @else {
+            p.confirm { strong data-count="matched" { (matched) } " " (statuses(request)) " events of " (request.environment)
+                " received between " (short(&after)) " and " (short(&before)) " UTC are sent to Accelerate again, "
+                "with the same bytes and headers, at most 200 a second." }
+            form.confirm method="post" action="/console/replays" {
+                (csrf(session))
+                input type="hidden" name="environment" value=(request.environment.as_str());
+                input type="hidden" name="received_after" value=(after);
+                input type="hidden" name="received_before" value=(before);
+                @for s in &request.statuses { input type="hidden" name="status" value=(s.as_str()); }
+                button.danger type="submit" { "Replay " (matched) " events" }
+                a href="/console/replays" { "Cancel" }
+            }
+        }
+    };
+    layout("Confirm replay", Some(session), Nav::Replays, body)
 }
 
 /// The console sessions signed in now, each with a button that ends it.
