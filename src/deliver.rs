@@ -1,8 +1,10 @@
 //! The delivery worker: claims due deliveries, POSTs the stored bytes to
 //! Accelerate with the stored headers, and records what happened.
 //!
-//! It never touches an HTTP request of Checkout.com's; the store is the only
-//! thing it shares with the receive path.
+//! It never touches an HTTP request of Checkout.com's. The receive path hands
+//! it each event through `Intake`, the one place that stores an event for
+//! delivery: committed, then handed over in memory (inserted already claimed,
+//! while the worker's queue has room) or left to the poller, which is woken.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +27,8 @@ use crate::metrics::Metrics;
 use crate::retry::{next_wait, parse_retry_after, RetrySchedule};
 use crate::secret::Secret;
 use crate::store::{
-    AttemptKind, AttemptRecord, Claimed, Forward, Outcome, Store, StoreError, Timestamp,
+    Accepted, AttemptKind, AttemptRecord, Claimed, DeliveryId, Forward, NewEvent, Outcome, Store,
+    StoreError, Timestamp,
 };
 use crate::verify::{KeyRef, Resolved};
 
@@ -57,6 +60,55 @@ pub enum Step {
 /// redirects off, a URL parsed again from every answer) were 38% of an
 /// attempt's instructions (bench/README.md).
 type Client = hyper_util::client::legacy::Client<HttpsConnector<Connector>, Full<Bytes>>;
+
+/// The hand-over from the receive path to the worker.
+#[derive(Clone)]
+pub struct Intake {
+    store: Store,
+    wake: Arc<Notify>,
+    /// Room for a round of attempts: beyond it, events go to the poller.
+    handoff: mpsc::Sender<Claimed>,
+    lease: Duration,
+}
+
+impl Intake {
+    pub fn new(
+        store: Store,
+        wake: Arc<Notify>,
+        handoff: mpsc::Sender<Claimed>,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            store,
+            wake,
+            handoff,
+            lease,
+        }
+    }
+
+    /// Stores `event` (its `leased_until` is this call's to set); `Ok` once
+    /// committed. A new event goes to the worker at once.
+    pub async fn accept(&self, mut event: NewEvent) -> Result<Accepted, StoreError> {
+        // With room in the worker's queue, the event is inserted already
+        // claimed and handed over in memory once committed.
+        let handover = self.handoff.clone().try_reserve_owned().ok();
+        event.leased_until = handover
+            .as_ref()
+            .map(|_| event.received_at.plus(self.lease));
+        // What the worker needs of it, taken before the event moves into the store.
+        let first = handover.map(|permit| (permit, event.first_claim(DeliveryId(0))));
+        let accepted = self.store.accept(event).await?;
+        if let Accepted::New(id) = accepted {
+            match first {
+                Some((permit, claim)) => {
+                    permit.send(Claimed { id, ..claim });
+                }
+                None => self.wake.notify_one(),
+            }
+        }
+        Ok(accepted)
+    }
+}
 
 /// Why the HTTP client for Accelerate could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -175,8 +175,7 @@ impl Application {
             health: health.clone(),
             throttle: http::guard::Throttle::new(Arc::clone(&metrics)),
             metrics,
-            wake,
-            handoff,
+            intake: deliver::Intake::new(store.clone(), wake, handoff, config.lease),
             operators: http::operators::Operators::start().map_err(StartError::Server)?,
         };
         let (server, admin_server) = http::servers(

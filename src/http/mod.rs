@@ -19,7 +19,6 @@ use actix_web::http::header;
 use actix_web::{
     guard as route_guard, web, App, FromRequest, Handler, HttpRequest, HttpResponse, Responder,
 };
-use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -35,11 +34,8 @@ pub struct AppState {
     /// Which supervised background tasks are down (`/readyz` is 503 then).
     pub health: Health,
     pub metrics: Arc<Metrics>,
-    /// Tells the delivery worker that an event was just committed.
-    pub wake: Arc<Notify>,
-    /// Hands the delivery worker the first attempt of an event just committed
-    /// (inserted already claimed), so it is not read back from the store.
-    pub handoff: tokio::sync::mpsc::Sender<crate::store::Claimed>,
+    /// Stores each accepted event and hands it to the delivery worker.
+    pub intake: crate::deliver::Intake,
     /// Wrong admin tokens counted per client address.
     pub throttle: guard::Throttle,
     /// Where operators' reads run, off the webhook workers.

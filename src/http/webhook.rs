@@ -15,9 +15,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::event::{self, Environment, EventError};
-use crate::store::{
-    Accepted, Claimed, DeliveryId, ForwardHeaders, NewEvent, StoreError, Timestamp,
-};
+use crate::store::{Accepted, ForwardHeaders, NewEvent, StoreError, Timestamp};
 use crate::verify::{self, KeyRef, VerifyError};
 
 /// The whole body must arrive within this; a client trickling bytes is cut off.
@@ -326,9 +324,6 @@ async fn receive(
     };
     let redacted = token.redacted();
     let authorization = credentials.key_ref(body.authorization_index());
-    // With room in the worker's queue, the event is inserted already claimed
-    // and handed over in memory once committed; without, the poller claims it.
-    let handover = state.handoff.clone().try_reserve_owned().ok();
     let received_at = Timestamp::now();
     let new = NewEvent {
         environment,
@@ -339,29 +334,15 @@ async fn receive(
         body: body.into_bytes(),
         headers: forward_headers(headers, authorization),
         received_at,
-        leased_until: handover.as_ref().map(|_| received_at.plus(config.lease)),
+        leased_until: None,
     };
-    // What the worker needs of it, taken before the event moves into the store.
-    let first = handover.map(|permit| (permit, new.first_claim(DeliveryId(0))));
-    let accepted = state.store.accept(new).await?;
-    Ok(match accepted {
-        Accepted::New(delivery_id) => {
-            match first {
-                Some((permit, claim)) => {
-                    permit.send(Claimed {
-                        id: delivery_id,
-                        ..claim
-                    });
-                }
-                None => state.wake.notify_one(),
-            }
-            Answer::Accepted {
-                environment,
-                event_id,
-                delivery_id: delivery_id.to_string(),
-                token: redacted,
-            }
-        }
+    Ok(match state.intake.accept(new).await? {
+        Accepted::New(delivery_id) => Answer::Accepted {
+            environment,
+            event_id,
+            delivery_id: delivery_id.to_string(),
+            token: redacted,
+        },
         Accepted::Duplicate => Answer::Duplicate {
             environment,
             event_id,
