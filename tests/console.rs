@@ -366,6 +366,55 @@ async fn a_form_without_its_csrf_token_is_refused(backend: Backend) {
     app.stop().await;
 }
 
+/// Console forms and pages take their own fields, each once: a repeated
+/// environment (which of the two?) or an unknown field is 400 and changes
+/// nothing, as on the admin API.
+async fn console_fields_are_parsed_strictly(backend: Backend) {
+    let app = console_app(backend).await;
+    dead_event(&app, "evt_console_strict").await;
+    let sent_before = app.sandbox.received().len();
+    let base = app.admin_address.clone().expect("admin listener");
+    let session = operator::sign_in(&base, TOKEN).await.expect("signed in");
+    let csrf = session.csrf(&base).await;
+    for form in [
+        vec![
+            ("csrf", csrf.as_str()),
+            ("environment", "production"),
+            ("environment", "sandbox"),
+        ],
+        vec![("csrf", csrf.as_str()), ("enviroment", "production")],
+        vec![("csrf", csrf.as_str()), ("csrf", csrf.as_str())],
+    ] {
+        let (status, _) = session.post(&base, "/console/retry-dead", &form).await;
+        assert_eq!(status, 400, "{form:?}");
+    }
+    for path in [
+        "/console/retry-dead?environment=sandbox&environment=production",
+        "/console/deliveries/dlv_1?notice=a&notice=b",
+        "/console?window=hour&window=day",
+        "/console/sessions?extra=1",
+        "/console/replays?extra=1",
+    ] {
+        let (status, _, page) = session.get(&base, path).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(
+            page.contains("more than once") || page.contains("takes no"),
+            "{path}: {page}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.status_on_disk("evt_console_strict").await.as_deref(),
+        Some("dead")
+    );
+    assert_eq!(
+        app.sandbox.received().len(),
+        sent_before,
+        "nothing was sent"
+    );
+    app.stop().await;
+}
+
 async fn an_event_id_with_markup_is_shown_as_text(backend: Backend) {
     let app = console_app(backend).await;
     let Some(browser) = Browser::start().await else {
@@ -645,6 +694,7 @@ async fn a_replay_is_counted_confirmed_and_followed(backend: Backend) {
 
 on_both_stores!(
     a_replay_is_counted_confirmed_and_followed,
+    console_fields_are_parsed_strictly,
     sign_in_needs_the_admin_token,
     sessions_are_revoked_and_sign_out_ends_the_cookie,
     overview_counts_real_traffic_and_the_token_filter_finds_the_event,

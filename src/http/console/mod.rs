@@ -167,6 +167,30 @@ impl ResponseError for ConsoleError {
     }
 }
 
+/// A form's or query's fields, when each is one the page takes and is
+/// given once: a repeated or unknown field is 400 naming it, never the
+/// last of two taken silently.
+fn only(
+    pairs: Vec<(String, String)>,
+    allowed: &[&str],
+) -> Result<HashMap<String, String>, ConsoleError> {
+    let mut fields = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ConsoleError::BadRequest(format!(
+                "This page takes no `{name}`. Use the console's own forms and links."
+            )));
+        }
+        if fields.contains_key(&name) {
+            return Err(ConsoleError::BadRequest(format!(
+                "`{name}` was given more than once. Use the console's own forms and links."
+            )));
+        }
+        fields.insert(name, value);
+    }
+    Ok(fields)
+}
+
 /// A console session as the audit trail names it.
 fn as_operator(req: &HttpRequest, session: &Session) -> crate::operations::Caller {
     caller(req, Actor::Console(session.id().to_owned()))
@@ -260,10 +284,11 @@ fn cookie_warning(req: &HttpRequest, sessions: &Sessions) -> Option<String> {
 
 async fn sign_in(
     req: HttpRequest,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["token"])?;
     let tokens = state
         .config
         .admin_token
@@ -298,10 +323,11 @@ async fn sign_in(
 
 async fn sign_out(
     req: HttpRequest,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["csrf"])?;
     let session = checked(&req, &sessions, &state, &form).await?;
     end_session(&req, &state, &session, session.id(), EndedBy::SignedOut).await?;
     Ok(signed_out(&sessions))
@@ -337,10 +363,13 @@ fn signed_out(sessions: &Sessions) -> HttpResponse {
 
 async fn sessions_page(
     req: HttpRequest,
-    query: web::Query<HashMap<String, String>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let query = only(
+        super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?,
+        &["notice"],
+    )?;
     let session = signed_in(&req, &sessions, &state).await?;
     let active = state.store.active_sessions(Timestamp::now()).await?;
     let notice = query
@@ -356,10 +385,11 @@ async fn sessions_page(
 async fn revoke_session(
     req: HttpRequest,
     id: web::Path<String>,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["csrf"])?;
     let session = checked(&req, &sessions, &state, &form).await?;
     let id = session_id(&id).map_err(ConsoleError::BadRequest)?;
     let own = id == session.id();
@@ -384,10 +414,13 @@ async fn revoke_session(
 
 async fn overview(
     req: HttpRequest,
-    query: web::Query<HashMap<String, String>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let query = only(
+        super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?,
+        &["window"],
+    )?;
     let session = signed_in(&req, &sessions, &state).await?;
     let window = match query.get("window").map(String::as_str) {
         None | Some("hour") => Window::Hour,
@@ -487,10 +520,13 @@ async fn deliveries(
 async fn delivery(
     req: HttpRequest,
     id: web::Path<String>,
-    query: web::Query<HashMap<String, String>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let query = only(
+        super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?,
+        &["notice"],
+    )?;
     let session = signed_in(&req, &sessions, &state).await?;
     let id = delivery_id(&id)?;
     let store = state.store.clone();
@@ -512,10 +548,11 @@ async fn delivery(
 async fn retry(
     req: HttpRequest,
     id: web::Path<String>,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["csrf"])?;
     let session = checked(&req, &sessions, &state, &form).await?;
     let id = delivery_id(&id)?;
     match state
@@ -534,10 +571,13 @@ async fn retry(
 
 async fn confirm_retry_dead(
     req: HttpRequest,
-    query: web::Query<HashMap<String, String>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let query = only(
+        super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?,
+        &["environment"],
+    )?;
     let session = signed_in(&req, &sessions, &state).await?;
     let environment = environment(&query)?;
     let dead = state
@@ -556,10 +596,11 @@ async fn confirm_retry_dead(
 
 async fn retry_dead(
     req: HttpRequest,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["csrf", "environment"])?;
     let session = checked(&req, &sessions, &state, &form).await?;
     let environment = environment(&form)?;
     let retried = state
@@ -695,24 +736,19 @@ async fn confirm_replay(
 
 async fn start_replay(
     req: HttpRequest,
-    body: web::Bytes,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    if body.len() > FORM_LIMIT {
-        return Err(ConsoleError::BadRequest(format!(
-            "The form is larger than the console takes ({FORM_LIMIT} bytes). Go back and send it again."
-        )));
-    }
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ConsoleError::BadRequest("The form is not valid UTF-8.".to_owned()))?;
-    let pairs = super::query_pairs(text).map_err(ConsoleError::BadRequest)?;
-    let mut csrf = HashMap::new();
-    for (name, value) in &pairs {
-        if name == "csrf" && csrf.insert(name.clone(), value.clone()).is_some() {
-            return Err(ConsoleError::Forged);
-        }
-    }
+    let pairs = form.into_inner();
+    let csrf = only(
+        pairs
+            .iter()
+            .filter(|(name, _)| name == "csrf")
+            .cloned()
+            .collect(),
+        &["csrf"],
+    )?;
     let session = checked(&req, &sessions, &state, &csrf).await?;
     let (form, request) = replay_fields(&pairs, Timestamp::now());
     let request = match request {
@@ -735,10 +771,11 @@ async fn start_replay(
 async fn cancel_replay(
     req: HttpRequest,
     id: web::Path<String>,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["csrf"])?;
     let session = checked(&req, &sessions, &state, &form).await?;
     let id: ReplayId = id.parse().map_err(ConsoleError::BadRequest)?;
     let replay = state
