@@ -1,9 +1,10 @@
 //! The admin API: deliveries listed, shown with their attempts, and retried;
-//! console sessions listed and revoked; behind `Authorization: Bearer
-//! $RELAY_ADMIN_TOKEN` (`guard::Operator`).
+//! replays by time range; console sessions listed and revoked; behind
+//! `Authorization: Bearer $RELAY_ADMIN_TOKEN` (`guard::Operator`).
 //!
-//! It works over `store` like the CLI does, and never answers with a body, a
-//! forwarded header or a full token: `Delivery` and `AttemptView` hold none.
+//! The handlers parse and render: what they do is `operations`', as for the
+//! console and the CLI. No answer holds a body, a forwarded header or a full
+//! token: `Delivery`, `AttemptView` and `Replay` hold none.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;

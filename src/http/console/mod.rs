@@ -4,8 +4,8 @@
 //! Server-rendered (`pages`), no script at all, one embedded stylesheet. A
 //! session cookie names a session the store keeps (`session`); every form
 //! that changes something carries the session's CSRF token. Wrong tokens at
-//! the sign-in are throttled like the API's (`guard`). Like the admin API it works
-//! over `store` and never shows a body, a header or a full token.
+//! the sign-in are throttled like the API's (`guard`). Like the admin API it acts
+//! through `operations` and never shows a body, a header or a full token.
 
 mod chart;
 mod pages;
