@@ -658,6 +658,7 @@ async fn a_replay_is_counted_confirmed_and_followed(backend: Backend) {
         .await;
     browser.tick("input[name=status][value=pending]").await;
     browser.click("form.replay button").await;
+    assert_eq!(browser.text("form.confirm button").await, "Replay 1 event");
     browser.click("form.confirm button").await;
     assert!(page_shows(&browser, "tr[data-replay=rpl_2] .status", "running").await);
     let (dir, name) = screenshots(backend, "console-replays");

@@ -495,11 +495,16 @@ async fn deliveries(
         match ListFilter::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
             Err(message) => (Err(message), None),
             Ok(filter) => {
-                let store = state.store.clone();
                 let limit = filter.limit as usize;
+                let (operations, who) = (state.operations.clone(), as_operator(&req, &session));
                 let list = state
                     .operators
-                    .run(async move { store.list(&filter).await.map_err(ConsoleError::from) })
+                    .run(async move {
+                        operations
+                            .list(&who, &filter)
+                            .await
+                            .map_err(ConsoleError::from)
+                    })
                     .await?;
                 let older = (list.len() == limit)
                     .then(|| list.last().map(|d| older_page(&pairs, &d.id)))
@@ -529,12 +534,16 @@ async fn delivery(
     )?;
     let session = signed_in(&req, &sessions, &state).await?;
     let id = delivery_id(&id)?;
-    let store = state.store.clone();
+    let (operations, who) = (state.operations.clone(), as_operator(&req, &session));
     let detail = state
         .operators
-        .run(async move { store.detail(id).await.map_err(ConsoleError::from) })
-        .await?
-        .ok_or_else(|| missing(id))?;
+        .run(async move {
+            match operations.detail(&who, id).await {
+                Err(OperationError::NotFound(_)) => Err(missing(id)),
+                other => other.map_err(ConsoleError::from),
+            }
+        })
+        .await?;
     let notice = query
         .get("notice")
         .and_then(|n| sessions.open_notice(&session, n))

@@ -314,12 +314,12 @@ pub fn confirm_retry_dead(
             p { "There is no dead delivery in " (scope) "." }
             p { a href="/console/deliveries" { "← Deliveries" } }
         } @else {
-            p.confirm { strong data-count="dead" { (dead) } " dead deliveries in " (scope)
+            p.confirm { strong data-count="dead" { (dead) } " dead " (plural(dead, "delivery", "deliveries")) " in " (scope)
                 " become pending and are sent to Accelerate again now, with the same bytes and headers." }
             form.confirm method="post" action="/console/retry-dead" {
                 (csrf(session))
                 @if let Some(env) = environment { input type="hidden" name="environment" value=(env.as_str()); }
-                button.danger type="submit" { "Retry " (dead) " dead deliveries" }
+                button.danger type="submit" { "Retry " (dead) " dead " (plural(dead, "delivery", "deliveries")) }
                 a href="/console/deliveries" { "Cancel" }
             }
         }
@@ -406,6 +406,14 @@ pub fn replays(
     layout("Replays", Some(session), Nav::Replays, body)
 }
 
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
 /// `api`, `cli`, or a console session's id cut to what tells sessions apart.
 fn actor(actor: &str) -> String {
     match actor.get(..12) {
@@ -430,7 +438,7 @@ pub fn confirm_replay(session: &Session, request: &ReplayRequest, matched: u64) 
                 (short(&after)) " and " (short(&before)) " UTC (or it was purged). Nothing to replay." }
             p { a href="/console/replays" { "← Replays" } }
         } @else {
-            p.confirm { strong data-count="matched" { (matched) } " " (statuses(request)) " events of " (request.environment)
+            p.confirm { strong data-count="matched" { (matched) } " " (statuses(request)) " " (plural(matched, "event", "events")) " of " (request.environment)
                 " received between " (short(&after)) " and " (short(&before)) " UTC are sent to Accelerate again, "
                 "with the same bytes and headers, at most 200 a second." }
             form.confirm method="post" action="/console/replays" {
@@ -439,7 +447,7 @@ pub fn confirm_replay(session: &Session, request: &ReplayRequest, matched: u64) 
                 input type="hidden" name="received_after" value=(after);
                 input type="hidden" name="received_before" value=(before);
                 @for s in &request.statuses { input type="hidden" name="status" value=(s.as_str()); }
-                button.danger type="submit" { "Replay " (matched) " events" }
+                button.danger type="submit" { "Replay " (matched) " " (plural(matched, "event", "events")) }
                 a href="/console/replays" { "Cancel" }
             }
         }
