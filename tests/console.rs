@@ -589,7 +589,16 @@ fn local_input(at: std::time::SystemTime) -> String {
 /// A replay is asked for with a form, confirmed on a page that shows how
 /// many events it sends, and followed (and cancelled) on the replays page.
 async fn a_replay_is_counted_confirmed_and_followed(backend: Backend) {
-    let app = console_app(backend).await;
+    // The attempt held in flight below outlasts the page's clicks.
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("RELAY_ADMIN_TOKEN", TOKEN),
+            ("RELAY_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("RELAY_DELIVERY_TIMEOUT_MS", "15000"),
+        ],
+    )
+    .await;
     let Some(browser) = Browser::start().await else {
         return;
     };

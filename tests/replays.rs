@@ -342,7 +342,7 @@ async fn a_replay_waits_for_an_attempt_in_flight(backend: Backend) {
     let after = now_rfc3339();
     tokio::time::sleep(Duration::from_millis(20)).await;
     app.sandbox
-        .set_default(Reply::Slow(Duration::from_millis(2000), 200));
+        .set_default(Reply::Slow(Duration::from_millis(1500), 200));
     let (_, accepted) = app.send_json("sandbox", approved_event("evt_slow")).await;
     let delivery = accepted["delivery_id"].as_str().expect("id").to_owned();
     app.sandbox.wait_for(1, WAIT).await;
@@ -365,7 +365,7 @@ async fn a_replay_waits_for_an_attempt_in_flight(backend: Backend) {
     finished(&app.client, &base, &id).await;
     let got = app.sandbox.wait_for(2, WAIT).await;
     assert!(
-        got[1].at.duration_since(got[0].at) >= Duration::from_millis(1900),
+        got[1].at.duration_since(got[0].at) >= Duration::from_millis(1400),
         "the replayed attempt started while the first was in flight"
     );
     assert!(app.reaches_status("evt_slow", "delivered", WAIT).await);

@@ -398,13 +398,9 @@ impl PgStore {
         bounded(self.timeout, query.fetch_one(&self.admin)).await
     }
 
-    /// A column of ids, on the relay's own pool (the replay runner's reads).
-    pub async fn ids(&self, sql: &str, params: &[Param]) -> Result<Vec<i64>, StoreError> {
-        let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in params {
-            query = bind!(query, param.as_value());
-        }
-        bounded(self.timeout, query.fetch_all(&self.pool)).await
+    /// Rows of two numbers, on the relay's own pool (the replay runner's reads).
+    pub async fn pairs(&self, sql: &str) -> Result<Vec<(i64, i64)>, StoreError> {
+        bounded(self.timeout, sqlx::query_as(sql).fetch_all(&self.pool)).await
     }
 
     pub async fn replay_rows(

@@ -32,9 +32,9 @@ const INSERT: &str = "INSERT INTO replays (environment, received_after, received
 /// `$2` now. Only a running replay is cancelled; a finished one stays as it ended.
 const CANCEL: &str = "UPDATE replays SET state = 'cancelled', finished_at = $2 \
      WHERE id = $1 AND state = 'running'";
-/// The replays due for a step at `$1`.
-pub(super) const DUE: &str =
-    "SELECT id FROM replays WHERE state = 'running' AND next_step_at <= $1 ORDER BY next_step_at";
+/// The running replays and when each takes its next step.
+pub(super) const RUNNING: &str =
+    "SELECT id, next_step_at FROM replays WHERE state = 'running' ORDER BY next_step_at";
 /// The replay a step works on: `$1` id, `$2` now; nothing when it is not
 /// running or not due (another replica took this step).
 pub(super) const STEP_REPLAY: &str = "SELECT environment, received_after, received_before, \
@@ -301,13 +301,16 @@ impl Store {
         Ok(self.exec(CANCEL, params).await? > 0)
     }
 
-    /// The running replays whose next step is due.
-    pub async fn due_replays(&self, now: Timestamp) -> Result<Vec<ReplayId>, StoreError> {
-        let ids = match self {
-            Store::Sqlite(s) => s.ids(DUE, vec![Param::Int(now.0)]).await?,
-            Store::Postgres(s) => s.ids(DUE, &[Param::Int(now.0)]).await?,
+    /// The running replays, each with the time of its next step.
+    pub async fn running_replays(&self) -> Result<Vec<(ReplayId, Timestamp)>, StoreError> {
+        let found = match self {
+            Store::Sqlite(s) => s.pairs(RUNNING).await?,
+            Store::Postgres(s) => s.pairs(RUNNING).await?,
         };
-        Ok(ids.into_iter().map(ReplayId).collect())
+        Ok(found
+            .into_iter()
+            .map(|(id, at)| (ReplayId(id), Timestamp(at)))
+            .collect())
     }
 
     /// One step of a replay, if it is running and due (else nothing happens).

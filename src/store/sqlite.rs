@@ -417,16 +417,14 @@ impl SqliteStore {
         .await
     }
 
-    /// A column of ids, on the relay's own read connection.
-    pub async fn ids(&self, sql: &'static str, params: Vec<Param>) -> Result<Vec<i64>, StoreError> {
+    /// Rows of two numbers, on the relay's own read connection.
+    pub async fn pairs(&self, sql: &'static str) -> Result<Vec<(i64, i64)>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(sql)?;
-            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-            bind(&mut stmt, &values)?;
             let mut found = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = found.next()? {
-                out.push(row.get(0)?);
+                out.push((row.get(0)?, row.get(1)?));
             }
             Ok(out)
         })
