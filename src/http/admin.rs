@@ -99,7 +99,6 @@ impl From<OperationError> for AdminError {
     fn from(e: OperationError) -> Self {
         match e {
             OperationError::NotFound(what) => AdminError::NotFound(what),
-            OperationError::Invalid(m) => AdminError::BadRequest(m),
             OperationError::InFlight(m) => AdminError::Conflict(m),
             OperationError::Ended(m) => AdminError::Ended(m),
             OperationError::Store(e) => AdminError::Store(e),

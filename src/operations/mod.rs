@@ -79,9 +79,6 @@ impl Caller {
 pub enum OperationError {
     #[error("no {0}")]
     NotFound(String),
-    /// What was asked cannot be done as asked; the text says why and what to do.
-    #[error("{0}")]
-    Invalid(String),
     /// Refused: an attempt of the delivery is being sent now.
     #[error("{0}")]
     InFlight(String),

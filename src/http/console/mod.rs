@@ -202,7 +202,6 @@ impl From<OperationError> for ConsoleError {
             OperationError::NotFound(what) => {
                 ConsoleError::NotFound(format!("There is no {what}."))
             }
-            OperationError::Invalid(m) => ConsoleError::BadRequest(m),
             OperationError::InFlight(m) => ConsoleError::Conflict(m),
             OperationError::Ended(m) => ConsoleError::Ended(m),
             OperationError::Store(e) => ConsoleError::Store(e),
