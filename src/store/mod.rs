@@ -82,6 +82,26 @@ impl Store {
         }
     }
 
+    /// Rows of an operators' read (sessions, replays, counts), on their own
+    /// connections, from the SQL both backends share.
+    async fn operator_rows<T>(
+        &self,
+        sql: String,
+        params: Vec<rows::Param>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: sqlite::SqliteRow
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.operator_rows(sql, params).await,
+            Store::Postgres(s) => s.operator_rows(&sql, &params).await,
+        }
+    }
+
     /// A delivery with its attempt history, as the admin API and CLI show it.
     pub async fn detail(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
         let Some(delivery) = self.get(id).await? else {

@@ -20,9 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::replays::{self, ReplayId, Stepped};
-use super::rows::{
-    self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow, Value,
-};
+use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, StoreError, Timestamp,
@@ -272,12 +270,17 @@ impl PgStore {
             .rows_affected())
     }
 
-    pub async fn session_rows(
+    /// Rows of an operators' read (sessions, replays, counts), on their
+    /// own connections.
+    pub(super) async fn operator_rows<T>(
         &self,
         sql: &str,
         params: &[Param],
-    ) -> Result<Vec<SessionRow>, StoreError> {
-        let mut query = sqlx::query_as::<_, SessionRow>(sql);
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let mut query = sqlx::query_as::<_, T>(sql);
         for param in params {
             query = bind!(query, param.as_value());
         }
@@ -389,8 +392,8 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
-    /// One number: a count, or the id an insert returns.
-    pub async fn scalar(&self, sql: &str, params: &[Param]) -> Result<i64, StoreError> {
+    /// The id an insert returns.
+    pub async fn insert_returning(&self, sql: &str, params: &[Param]) -> Result<i64, StoreError> {
         let mut query = sqlx::query_scalar::<_, i64>(sql);
         for param in params {
             query = bind!(query, param.as_value());
@@ -401,18 +404,6 @@ impl PgStore {
     /// Rows of two numbers, on the relay's own pool (the replay runner's reads).
     pub async fn pairs(&self, sql: &str) -> Result<Vec<(i64, i64)>, StoreError> {
         bounded(self.timeout, sqlx::query_as(sql).fetch_all(&self.pool)).await
-    }
-
-    pub async fn replay_rows(
-        &self,
-        sql: &str,
-        params: &[Param],
-    ) -> Result<Vec<ReplayRow>, StoreError> {
-        let mut query = sqlx::query_as::<_, ReplayRow>(sql);
-        for param in params {
-            query = bind!(query, param.as_value());
-        }
-        bounded(self.timeout, query.fetch_all(&self.admin)).await
     }
 
     /// One step in one transaction: the replay's row is locked first, so a

@@ -248,10 +248,10 @@ impl Store {
             d,
             x,
         ];
-        let n = match self {
-            Store::Sqlite(s) => s.count(MATCHING, params).await?,
-            Store::Postgres(s) => s.scalar(MATCHING, &params).await?,
-        };
+        let counted = self
+            .operator_rows::<(i64,)>(MATCHING.to_owned(), params)
+            .await?;
+        let n = counted.first().map_or(0, |(n,)| *n);
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -274,7 +274,7 @@ impl Store {
         ];
         let id = match self {
             Store::Sqlite(s) => s.insert_returning(INSERT, params).await?,
-            Store::Postgres(s) => s.scalar(INSERT, &params).await?,
+            Store::Postgres(s) => s.insert_returning(INSERT, &params).await?,
         };
         Ok(ReplayId(id))
     }
@@ -326,10 +326,7 @@ impl Store {
         sql: String,
         params: Vec<Param>,
     ) -> Result<Vec<Replay>, StoreError> {
-        let rows = match self {
-            Store::Sqlite(s) => s.replay_rows(sql, params).await?,
-            Store::Postgres(s) => s.replay_rows(&sql, &params).await?,
-        };
+        let rows = self.operator_rows::<ReplayRow>(sql, params).await?;
         rows.into_iter().map(Replay::try_from).collect()
     }
 }

@@ -136,10 +136,7 @@ impl Store {
         sql: String,
         params: Vec<Param>,
     ) -> Result<Vec<StoredSession>, StoreError> {
-        let rows = match self {
-            Store::Sqlite(s) => s.session_rows(sql, params).await?,
-            Store::Postgres(s) => s.session_rows(&sql, &params).await?,
-        };
+        let rows = self.operator_rows::<SessionRow>(sql, params).await?;
         Ok(rows.into_iter().map(StoredSession::from).collect())
     }
 }

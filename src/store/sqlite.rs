@@ -402,21 +402,6 @@ impl SqliteStore {
         self.call(|reply| Op::ReplayStep(id, now, reply)).await
     }
 
-    /// One number, on an operators' connection.
-    pub async fn count(&self, sql: &'static str, params: Vec<Param>) -> Result<i64, StoreError> {
-        self.admin_read(move |conn| {
-            let mut stmt = conn.prepare_cached(sql)?;
-            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-            bind(&mut stmt, &values)?;
-            let mut found = stmt.raw_query();
-            Ok(match found.next()? {
-                Some(row) => row.get(0)?,
-                None => 0,
-            })
-        })
-        .await
-    }
-
     /// Rows of two numbers, on the relay's own read connection.
     pub async fn pairs(&self, sql: &'static str) -> Result<Vec<(i64, i64)>, StoreError> {
         self.read(move |conn| {
@@ -431,11 +416,13 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn replay_rows(
+    /// Rows of an operators' read (sessions, replays, counts), on their
+    /// own connections.
+    pub(super) async fn operator_rows<T: SqliteRow + Send + 'static>(
         &self,
         sql: String,
         params: Vec<Param>,
-    ) -> Result<Vec<ReplayRow>, StoreError> {
+    ) -> Result<Vec<T>, StoreError> {
         self.admin_read(move |conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
@@ -443,47 +430,7 @@ impl SqliteStore {
             let mut found = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = found.next()? {
-                out.push(ReplayRow {
-                    id: row.get(0)?,
-                    environment: row.get(1)?,
-                    received_after: row.get(2)?,
-                    received_before: row.get(3)?,
-                    statuses: row.get(4)?,
-                    state: row.get(5)?,
-                    matched: row.get(6)?,
-                    queued: row.get(7)?,
-                    created_at: row.get(8)?,
-                    finished_at: row.get(9)?,
-                    actor: row.get(10)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    pub async fn session_rows(
-        &self,
-        sql: String,
-        params: Vec<Param>,
-    ) -> Result<Vec<SessionRow>, StoreError> {
-        self.admin_read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-            bind(&mut stmt, &values)?;
-            let mut found = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push(SessionRow {
-                    id: row.get(0)?,
-                    secret_hash: row.get(1)?,
-                    token_hash: row.get(2)?,
-                    peer: row.get(3)?,
-                    created_at: row.get(4)?,
-                    expires_at: row.get(5)?,
-                    ended_at: row.get(6)?,
-                    ended_by: row.get(7)?,
-                });
+                out.push(T::from_row(row)?);
             }
             Ok(out)
         })
@@ -933,6 +880,50 @@ fn refused_or_not(e: StoreError) -> StoreError {
             StoreError::Refused(e.to_string())
         }
         _ => StoreError::Commit(e.to_string()),
+    }
+}
+
+/// A row type read back from SQLite, column by column in its query's order.
+pub(super) trait SqliteRow: Sized {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+impl SqliteRow for (i64,) {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok((row.get(0)?,))
+    }
+}
+
+impl SqliteRow for SessionRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SessionRow {
+            id: row.get(0)?,
+            secret_hash: row.get(1)?,
+            token_hash: row.get(2)?,
+            peer: row.get(3)?,
+            created_at: row.get(4)?,
+            expires_at: row.get(5)?,
+            ended_at: row.get(6)?,
+            ended_by: row.get(7)?,
+        })
+    }
+}
+
+impl SqliteRow for ReplayRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ReplayRow {
+            id: row.get(0)?,
+            environment: row.get(1)?,
+            received_after: row.get(2)?,
+            received_before: row.get(3)?,
+            statuses: row.get(4)?,
+            state: row.get(5)?,
+            matched: row.get(6)?,
+            queued: row.get(7)?,
+            created_at: row.get(8)?,
+            finished_at: row.get(9)?,
+            actor: row.get(10)?,
+        })
     }
 }
 
