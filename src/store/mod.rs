@@ -419,12 +419,18 @@ impl fmt::Display for DeliveryId {
 impl FromStr for DeliveryId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.strip_prefix("dlv_")
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
-            .and_then(|n| n.parse::<i64>().ok())
+        canonical_id(s, "dlv_")
             .map(DeliveryId)
             .ok_or_else(|| format!("`{s}` is not a delivery id (dlv_ and a number, e.g. dlv_42)"))
     }
+}
+
+/// The number of a public id (`dlv_7`, `rpl_3`) spelt as the relay prints
+/// it: the prefix, then digits without sign or leading zeros.
+pub(crate) fn canonical_id(s: &str, prefix: &str) -> Option<i64> {
+    s.strip_prefix(prefix)
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
+        .and_then(|n| n.parse::<i64>().ok())
 }
 
 /// What a manual retry did.

@@ -76,9 +76,7 @@ impl fmt::Display for ReplayId {
 impl FromStr for ReplayId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.strip_prefix("rpl_")
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
-            .and_then(|n| n.parse::<i64>().ok())
+        super::canonical_id(s, "rpl_")
             .map(ReplayId)
             .ok_or_else(|| format!("`{s}` is not a replay id (rpl_ and a number, e.g. rpl_3)"))
     }
