@@ -357,22 +357,11 @@ async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
     let store = Store::open(&database, Role::Tool)
         .await
         .context("cannot open the store named by RELAY_DATABASE_URL")?;
-    let operations = Operations::new(store.clone(), None, database_retention()?);
+    let retention = crate::config::retention_from_env().context("configuration error")?;
+    let operations = Operations::new(store.clone(), None, retention);
     let result = run_deliveries(&operations, command).await;
     store.close().await;
     result
-}
-
-/// `RELAY_RETENTION_HOURS` as the relay reads it (the CLI needs only that
-/// of the whole configuration, to say what a replay can still reach).
-fn database_retention() -> anyhow::Result<Duration> {
-    let hours = match std::env::var("RELAY_RETENTION_HOURS") {
-        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
-            anyhow::anyhow!("RELAY_RETENTION_HOURS: `{v}` is not a whole number of hours")
-        })?,
-        Err(_) => 168,
-    };
-    Ok(Duration::from_secs(hours * 3600))
 }
 
 async fn run_deliveries(operations: &Operations, command: DeliveriesCommand) -> anyhow::Result<()> {

@@ -241,10 +241,19 @@ impl DatabaseConfig {
 
     /// Only the store's variables, for commands that work on the store alone.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let vars = std::env::vars().filter(|(_, v)| !v.trim().is_empty());
-        let raw: Raw = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
-        raw.database()
+        raw_from_env()?.database()
     }
+}
+
+/// `RELAY_RETENTION_HOURS` alone, read as the relay reads it, for the CLI's
+/// operator commands (what a replay can still reach).
+pub fn retention_from_env() -> Result<Duration, ConfigError> {
+    raw_from_env()?.retention()
+}
+
+fn raw_from_env() -> Result<Raw, ConfigError> {
+    let vars = std::env::vars().filter(|(_, v)| !v.trim().is_empty());
+    envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))
 }
 
 /// A certificate and key pair: both or neither, and (read now, so a bad pair
@@ -313,6 +322,16 @@ fn proxies(vars: &[(String, String)]) -> Result<Proxies, ConfigError> {
 }
 
 impl Raw {
+    fn retention(&self) -> Result<Duration, ConfigError> {
+        let hours = number::<u32>(
+            self.relay_retention_hours.clone(),
+            "RELAY_RETENTION_HOURS",
+            168,
+            limit::RETENTION_HOURS,
+        )?;
+        Ok(Duration::from_secs(3600) * hours)
+    }
+
     fn database(&self) -> Result<DatabaseConfig, ConfigError> {
         Ok(DatabaseConfig {
             url: database_url(self.relay_database_url.clone())?,
@@ -333,6 +352,7 @@ impl Raw {
 
     fn into_config(self) -> Result<Config, ConfigError> {
         let database = self.database()?;
+        let retention = self.retention()?;
         let mut credentials = BTreeMap::new();
         if let Some(c) = environment_keys(
             self.cko_sandbox_authorization_key,
@@ -468,13 +488,7 @@ impl Raw {
                     ))
                 }
             },
-            retention: Duration::from_secs(3600)
-                * number::<u32>(
-                    self.relay_retention_hours,
-                    "RELAY_RETENTION_HOURS",
-                    168,
-                    limit::RETENTION_HOURS,
-                )?,
+            retention,
             shutdown_grace: millis(
                 self.relay_shutdown_grace_ms,
                 "RELAY_SHUTDOWN_GRACE_MS",
