@@ -542,10 +542,7 @@ async fn two_replicas_share_one_replay_and_its_pace() {
     assert_eq!(done["queued"], EVENTS, "{done}");
     let all = accelerate.wait_for(2 * EVENTS, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut seen = HashMap::new();
-    for id in accelerate.event_ids() {
-        *seen.entry(id).or_insert(0) += 1;
-    }
+    let seen = sends(&accelerate);
     assert_eq!(seen.len(), EVENTS);
     assert!(
         seen.values().all(|n| *n == 2),
