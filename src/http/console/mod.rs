@@ -872,7 +872,8 @@ fn notice_text(notice: &str) -> String {
         Some(("replay-started", rest)) => match rest.split_once(':') {
             Some((id, "1")) => format!("Replay {id} started: 1 event is being sent again."),
             Some((id, n)) => format!(
-                "Replay {id} started: {n} events are being sent again, at most 200 a second."
+                "Replay {id} started: {n} events are being sent again, at most {} a second.",
+                crate::store::STEP_SIZE
             ),
             None => "Replay started.".to_owned(),
         },

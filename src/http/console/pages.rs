@@ -10,6 +10,7 @@ use crate::activity::Minute;
 use crate::event::Environment;
 use crate::store::{
     Counts, Delivery, DeliveryDetail, Replay, ReplayRequest, ReplayState, StoredSession, Timestamp,
+    STEP_SIZE,
 };
 
 /// The page a link in the header is for.
@@ -351,7 +352,7 @@ pub fn replays(
         @if let Some(notice) = notice { p.notice role="status" { (notice) } }
         p { "When Accelerate lost events or asks for them again: every event of one environment received in a time range "
             "is sent again, delivered ones included, with the same bytes, headers and delivery id and a new attempt number. "
-            "A replay sends at most 200 events a second for the whole fleet and never beside an attempt in flight." }
+            "A replay sends at most " (STEP_SIZE) " events a second for the whole fleet and never beside an attempt in flight." }
         p.hint { "Only events still kept can be replayed: delivered events received before "
             (short(&retained_since.to_string())) " UTC were purged (RELAY_RETENTION_HOURS)." }
         @if let Some(error) = error { p.error role="alert" { (error) } }
@@ -440,7 +441,7 @@ pub fn confirm_replay(session: &Session, request: &ReplayRequest, matched: u64) 
         } @else {
             p.confirm { strong data-count="matched" { (matched) } " " (statuses(request)) " " (plural(matched, "event", "events")) " of " (request.environment)
                 " received between " (short(&after)) " and " (short(&before)) " UTC are sent to Accelerate again, "
-                "with the same bytes and headers, at most 200 a second." }
+                "with the same bytes and headers, at most " (STEP_SIZE) " a second." }
             form.confirm method="post" action="/console/replays" {
                 (csrf(session))
                 input type="hidden" name="environment" value=(request.environment.as_str());
