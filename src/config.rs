@@ -33,6 +33,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub delivery_timeout: Duration,
     pub delivery_concurrency: usize,
+    /// Attempts per second per environment for the whole fleet; `None`: unlimited.
+    pub delivery_rate: Option<u32>,
+    /// Attempts of one environment in flight at once on this replica, so a
+    /// slow environment never takes every sending slot.
+    pub environment_concurrency: usize,
+    pub breaker_failures: u32,
+    pub breaker_probe_interval: Duration,
     pub retry_schedule: RetrySchedule,
     pub lease: Duration,
     /// Bearer tokens of the admin API and the console (several to rotate).
@@ -146,6 +153,10 @@ struct Raw {
     relay_max_body_bytes: Option<String>,
     relay_delivery_timeout_ms: Option<String>,
     relay_delivery_concurrency: Option<String>,
+    relay_delivery_rate: Option<String>,
+    relay_environment_concurrency: Option<String>,
+    relay_breaker_failures: Option<String>,
+    relay_breaker_probe_interval: Option<String>,
     relay_retry_schedule: Option<String>,
     relay_lease_ms: Option<String>,
     relay_admin_token: Option<String>,
@@ -249,6 +260,11 @@ impl DatabaseConfig {
 /// operator commands (what a replay can still reach).
 pub fn retention_from_env() -> Result<Duration, ConfigError> {
     raw_from_env()?.retention()
+}
+
+/// `RELAY_DELIVERY_RATE` alone, for the CLI's `environments list`.
+pub fn delivery_rate_from_env() -> Result<Option<u32>, ConfigError> {
+    delivery_rate(raw_from_env()?.relay_delivery_rate)
 }
 
 fn raw_from_env() -> Result<Raw, ConfigError> {
@@ -380,6 +396,24 @@ impl Raw {
             10_000,
             limit::TIMEOUT_MS,
         )?;
+        let delivery_concurrency = number(
+            self.relay_delivery_concurrency,
+            "RELAY_DELIVERY_CONCURRENCY",
+            32,
+            limit::CONCURRENCY,
+        )?;
+        // Each of two environments gets half the slots by default, so one
+        // whose Accelerate is slow leaves the other room; alone, all of them.
+        let environment_default = match credentials.len() {
+            1 => delivery_concurrency,
+            _ => delivery_concurrency.div_ceil(2),
+        };
+        let environment_concurrency = number(
+            self.relay_environment_concurrency,
+            "RELAY_ENVIRONMENT_CONCURRENCY",
+            environment_default,
+            delivery_concurrency,
+        )?;
         let lease = match self.relay_lease_ms {
             Some(v) => millis(Some(v), "RELAY_LEASE_MS", 0, limit::LEASE_MS)?,
             // Long enough that an attempt in flight never loses its lease.
@@ -465,12 +499,16 @@ impl Raw {
                 limit::BODY_BYTES,
             )?,
             delivery_timeout,
-            delivery_concurrency: number(
-                self.relay_delivery_concurrency,
-                "RELAY_DELIVERY_CONCURRENCY",
-                32,
-                limit::CONCURRENCY,
+            delivery_concurrency,
+            delivery_rate: delivery_rate(self.relay_delivery_rate)?,
+            environment_concurrency,
+            breaker_failures: number(
+                self.relay_breaker_failures,
+                "RELAY_BREAKER_FAILURES",
+                10,
+                limit::BREAKER_FAILURES,
             )?,
+            breaker_probe_interval: probe_interval(self.relay_breaker_probe_interval)?,
             retry_schedule: match self.relay_retry_schedule {
                 Some(v) => v.parse().map_err(|e| invalid("RELAY_RETRY_SCHEDULE", e))?,
                 None => RetrySchedule::default(),
@@ -600,6 +638,8 @@ fn environment_keys(
 /// typo that would overflow or exhaust something at run time (a worker with
 /// 2^60 slots panicked at start), so start-up refuses it instead.
 mod limit {
+    use std::time::Duration;
+
     pub const BODY_BYTES: usize = 64 * 1024 * 1024;
     pub const POOL_SIZE: u32 = 1_000;
     pub const TIMEOUT_MS: u64 = 600_000;
@@ -607,6 +647,52 @@ mod limit {
     pub const LEASE_MS: u64 = 86_400_000;
     pub const RETENTION_HOURS: u32 = 87_600;
     pub const GRACE_MS: u64 = 3_600_000;
+    pub const RATE: u32 = 100_000;
+    pub const BREAKER_FAILURES: u32 = 10_000;
+    pub const PROBE_MIN: Duration = Duration::from_millis(100);
+    pub const PROBE_MAX: Duration = Duration::from_secs(3600);
+}
+
+/// The default `RELAY_DELIVERY_RATE` (README, "Delivery control").
+pub const DEFAULT_DELIVERY_RATE: u32 = 100;
+
+/// `RELAY_DELIVERY_RATE`: a whole number, or `unlimited`.
+fn delivery_rate(value: Option<String>) -> Result<Option<u32>, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(Some(DEFAULT_DELIVERY_RATE)),
+        Some("unlimited") => Ok(None),
+        Some(_) => number(
+            value.clone(),
+            "RELAY_DELIVERY_RATE",
+            DEFAULT_DELIVERY_RATE,
+            limit::RATE,
+        )
+        .map(Some)
+        .map_err(|_| {
+            invalid(
+                "RELAY_DELIVERY_RATE",
+                format!(
+                    "`{}` is not attempts per second (a whole number from 1 to {}) or `unlimited`",
+                    value.as_deref().unwrap_or_default(),
+                    limit::RATE
+                ),
+            )
+        }),
+    }
+}
+
+/// `RELAY_BREAKER_PROBE_INTERVAL`: a duration such as `30s`.
+fn probe_interval(value: Option<String>) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Duration::from_secs(30));
+    };
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if (limit::PROBE_MIN..=limit::PROBE_MAX).contains(&d) => Ok(d),
+        _ => Err(invalid(
+            "RELAY_BREAKER_PROBE_INTERVAL",
+            format!("`{value}` is not a duration from 100ms to 1h (e.g. `30s`)"),
+        )),
+    }
 }
 
 fn number<T>(value: Option<String>, var: &'static str, default: T, max: T) -> Result<T, ConfigError>

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::control::{Admit, Claims, Gate, REFRESH};
 use crate::egress::{self, Connector};
 use crate::event::Environment;
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub enum Step {
     Delivered,
     Retried,
     Dead,
+    /// Failed while the breaker is open: pending, its schedule untouched.
+    Held,
     Empty,
 }
 
@@ -69,6 +72,8 @@ pub struct Intake {
     /// Room for a round of attempts: beyond it, events go to the poller.
     handoff: mpsc::Sender<Claimed>,
     lease: Duration,
+    /// A paused, held or broken environment's events wait in the store.
+    gate: Arc<Gate>,
 }
 
 impl Intake {
@@ -77,12 +82,14 @@ impl Intake {
         wake: Arc<Notify>,
         handoff: mpsc::Sender<Claimed>,
         lease: Duration,
+        gate: Arc<Gate>,
     ) -> Self {
         Self {
             store,
             wake,
             handoff,
             lease,
+            gate,
         }
     }
 
@@ -91,7 +98,11 @@ impl Intake {
     pub async fn accept(&self, mut event: NewEvent) -> Result<Accepted, StoreError> {
         // With room in the worker's queue, the event is inserted already
         // claimed and handed over in memory once committed.
-        let handover = self.handoff.clone().try_reserve_owned().ok();
+        let handover = self
+            .gate
+            .takes_handover(event.environment)
+            .then(|| self.handoff.clone().try_reserve_owned().ok())
+            .flatten();
         event.leased_until = handover
             .as_ref()
             .map(|_| event.received_at.plus(self.lease));
@@ -133,12 +144,19 @@ pub struct Worker {
     /// `Proxy-Authorization` for each environment's plain-HTTP URL sent
     /// through a proxy with credentials (sandbox, production).
     proxy_authorization: [Option<HeaderValue>; 2],
+    /// Pause, breaker, `Retry-After`, pace and in-flight cap per environment.
+    gate: Arc<Gate>,
 }
 
 impl Worker {
     /// `wake` is notified by the receive path after each commit, so a new event
     /// goes out at once instead of at the next poll.
-    pub fn new(config: &Config, store: Store, wake: Arc<Notify>) -> Result<Self, ClientError> {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        wake: Arc<Notify>,
+        gate: Arc<Gate>,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             store,
             client: client(config)?,
@@ -152,6 +170,7 @@ impl Worker {
             handed: None,
             proxy_authorization: [Environment::Sandbox, Environment::Production]
                 .map(|env| config.proxies.authorization_for(config.accelerate_url(env))),
+            gate,
         })
     }
 
@@ -169,16 +188,30 @@ impl Worker {
         self
     }
 
-    /// Claims one due delivery, attempts it and records the outcome.
+    /// Claims one due delivery the controls let through, attempts it and
+    /// records the outcome.
     pub async fn deliver_next(&self) -> Result<Step, StoreError> {
-        let mut claimed = self
-            .store
-            .claim_due(Timestamp::now(), self.lease, 1)
-            .await?;
-        match claimed.pop() {
-            Some(claim) => self.deliver(claim).await,
-            None => Ok(Step::Empty),
+        for env in Environment::ALL {
+            let now = Timestamp::now();
+            let probe = match self.gate.claims(env, now).await? {
+                Claims::None | Claims::Up(0) => continue,
+                Claims::Probe => true,
+                Claims::Up(_) => false,
+            };
+            let Some(claim) = self.store.claim_due(now, self.lease, env, 1).await?.pop() else {
+                continue;
+            };
+            let _started = self.gate.started(env);
+            let ticket = self.gate.queue(env);
+            return match self.gate.admit(env, probe, ticket).await {
+                Admit::Go(_in_flight) => self.deliver(claim).await,
+                Admit::Hold(_) => {
+                    self.release(&claim).await;
+                    Ok(Step::Empty)
+                }
+            };
         }
+        Ok(Step::Empty)
     }
 
     /// Runs until `stop` turns true, then lets the attempts in flight finish
@@ -212,13 +245,8 @@ impl Worker {
                 }
                 continue;
             }
-            let limit = u32::try_from(room).unwrap_or(u32::MAX);
-            let claims = match self
-                .store
-                .claim_due(Timestamp::now(), self.lease, limit)
-                .await
-            {
-                Ok(claims) => claims,
+            let claims = match self.claim_round(room).await {
+                Ok(round) => round,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not claim deliveries; backing off");
                     tokio::select! {
@@ -230,19 +258,25 @@ impl Worker {
                 }
             };
             backoff = Duration::from_millis(100);
-            let claimed_all = claims.len() == room;
-            for claim in claims {
+            for (claim, probe) in claims.claimed {
                 let permit = Arc::clone(&outstanding)
                     .try_acquire_owned()
                     .expect("claims never exceed the room counted above");
-                self.start(claim, permit, Arc::clone(&sending), stop.clone());
+                self.start(claim, permit, Arc::clone(&sending), stop.clone(), probe);
             }
-            if claimed_all {
+            if claims.more {
                 continue;
             }
-            let idle = self.idle_time().await;
+            // A held environment's due deliveries must not make the loop
+            // spin: it then looks again at the controls' pace.
+            let idle = if claims.held {
+                REFRESH
+            } else {
+                self.idle_time().await
+            };
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = self.gate.freed() => {}
                 _ = tokio::time::sleep(idle) => {}
                 _ = stop.changed() => {}
             }
@@ -256,6 +290,36 @@ impl Worker {
         if tokio::time::timeout(grace, finished).await.is_err() {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "delivery attempts still in flight at shutdown; they will be made again after restart");
         }
+    }
+
+    /// Claims what each environment's controls let through, up to `room`
+    /// in all.
+    async fn claim_round(&self, room: usize) -> Result<Round, StoreError> {
+        let mut round = Round::default();
+        for env in Environment::ALL {
+            let left = room - round.claimed.len();
+            let now = Timestamp::now();
+            let (limit, probe) = match self.gate.claims(env, now).await? {
+                Claims::None => {
+                    round.held = true;
+                    continue;
+                }
+                Claims::Probe => (1, true),
+                Claims::Up(n) => (n.min(u32::try_from(left).unwrap_or(u32::MAX)), false),
+            };
+            if limit == 0 {
+                // Its lane is full: the loop waits for an attempt to end.
+                round.held = true;
+                continue;
+            }
+            let mut claims = self.store.claim_due(now, self.lease, env, limit).await?;
+            // Oldest first: the order attempts are let through (a claim's
+            // rows come back in no particular order).
+            claims.sort_by_key(|c| (c.received_at, c.id.0));
+            round.more |= !probe && claims.len() == limit as usize;
+            round.claimed.extend(claims.into_iter().map(|c| (c, probe)));
+        }
+        Ok(round)
     }
 
     /// Starts the attempts the receive path hands over in memory (events it
@@ -282,7 +346,9 @@ impl Worker {
                 _ = stop.wait_for(|stopped| *stopped) => None,
             };
             match permit {
-                Some(permit) => self.start(claim, permit, Arc::clone(&sending), stop.clone()),
+                Some(permit) => {
+                    self.start(claim, permit, Arc::clone(&sending), stop.clone(), false)
+                }
                 None => {
                     self.release(&claim).await;
                     break;
@@ -297,19 +363,43 @@ impl Worker {
         }
     }
 
-    /// One claimed delivery's attempt, on a task of its own: it waits for a
-    /// sending slot, attempts, frees the slot, records the outcome.
+    /// One claimed delivery's attempt, on a task of its own: it waits for
+    /// its environment's controls to let it through and for a sending slot,
+    /// attempts, frees the slot, records the outcome. `probe`: the fleet's
+    /// one attempt through an open breaker.
     fn start(
         &self,
         claim: Claimed,
         permit: OwnedSemaphorePermit,
         sending: Arc<Semaphore>,
         stop: watch::Receiver<bool>,
+        probe: bool,
     ) {
         let worker = self.clone();
+        // Queued here, in the order claims are started; admitted in that order.
+        let started = self.gate.started(claim.environment);
+        let ticket = self.gate.queue(claim.environment);
         tokio::spawn(async move {
             let _permit = permit;
+            let _started = started;
             let mut stopping = stop.clone();
+            let admitted = tokio::select! {
+                admitted = worker.gate.admit(claim.environment, probe, ticket) => Some(admitted),
+                _ = stopping.wait_for(|stopped| *stopped) => None,
+            };
+            let _in_flight = match admitted {
+                Some(Admit::Go(in_flight)) => in_flight,
+                Some(Admit::Hold(why)) => {
+                    tracing::debug!(delivery_id = %claim.id, environment = %claim.environment, why,
+                        "delivery held back unspent");
+                    worker.release(&claim).await;
+                    return;
+                }
+                None => {
+                    worker.release(&claim).await;
+                    return;
+                }
+            };
             let slot = tokio::select! {
                 slot = sending.acquire_owned() => slot.ok(),
                 _ = stopping.wait_for(|stopped| *stopped) => None,
@@ -355,6 +445,10 @@ impl Worker {
         let started = Instant::now();
         let answer = self.attempt(claim).await;
         let duration = started.elapsed();
+        let breaker_open = self
+            .gate
+            .record(claim.environment, answer.kind, answer.retry_after)
+            .await;
         let latency_ms = duration.as_millis() as u64;
         let made = AttemptRecord {
             started_at,
@@ -370,6 +464,13 @@ impl Worker {
                     status: answer.status.unwrap_or(200),
                 },
                 Step::Delivered,
+            ),
+            Some(error) if breaker_open => (
+                Outcome::Held {
+                    at: Timestamp::now(),
+                    error,
+                },
+                Step::Held,
             ),
             Some(error) => match self.schedule.wait_after(claim.schedule_attempt) {
                 Some(wait) => (
@@ -391,6 +492,11 @@ impl Worker {
                 delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
                 attempt = claim.attempt, latency_ms, error = %error, kind = made.kind.as_str(),
                 next_attempt_at = %at, outcome = "retry", "delivery attempt"
+            ),
+            Outcome::Held { error, .. } => tracing::warn!(
+                delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
+                attempt = claim.attempt, latency_ms, error = %error, kind = made.kind.as_str(), outcome = "held",
+                "delivery attempt; the breaker is open, so it keeps its place in the retry schedule"
             ),
             Outcome::Dead { error } => tracing::error!(
                 delivery_id = %claim.id, event_id = %claim.event_id, environment = %claim.environment,
@@ -487,6 +593,16 @@ impl Worker {
             retry_after,
         }
     }
+}
+
+/// What one claim round took: each claim and whether it is the probe.
+#[derive(Default)]
+struct Round {
+    claimed: Vec<(Claimed, bool)>,
+    /// An environment had as many due as it was let take: claim again at once.
+    more: bool,
+    /// An environment was held (paused, broken, full): do not sleep by its due times.
+    held: bool,
 }
 
 /// The client every attempt goes through; built once per worker.

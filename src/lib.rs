@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod egress;
 pub mod event;
@@ -54,6 +55,7 @@ pub struct Application {
     worker: JoinHandle<()>,
     retention: JoinHandle<()>,
     replays: JoinHandle<()>,
+    controls: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -136,7 +138,12 @@ impl Application {
         let health = Health::default();
         // Room for a round of attempts: beyond it, events go to the poller.
         let (handoff, handed) = tokio::sync::mpsc::channel(config.delivery_concurrency);
-        let worker = Worker::new(&config, store.clone(), Arc::clone(&wake))?
+        let gate = control::Gate::new(&config, store.clone(), Some(Arc::clone(&metrics)));
+        // The controls as stored, before the first claim or hand-over.
+        if let Err(e) = gate.refresh().await {
+            tracing::warn!(error = %e, "could not read the delivery controls at start; reading them again every 250 ms");
+        }
+        let worker = Worker::new(&config, store.clone(), Arc::clone(&wake), Arc::clone(&gate))?
             .with_metrics(Arc::clone(&metrics))
             .with_handoff(handed);
         tokio::spawn({
@@ -154,6 +161,10 @@ impl Application {
             let (stopped, grace) = (stopped.clone(), config.shutdown_grace);
             move || worker.clone().run(stopped.clone(), grace)
         });
+        let controls = supervise("delivery controls", health.clone(), stopped.clone(), {
+            let (gate, stopped) = (Arc::clone(&gate), stopped.clone());
+            move || Arc::clone(&gate).run(stopped.clone())
+        });
         let replays = supervise("replays", health.clone(), stopped.clone(), {
             let (store, wake, stopped) = (store.clone(), Arc::clone(&wake), stopped.clone());
             move || operations::run_replays(store.clone(), Arc::clone(&wake), stopped.clone())
@@ -170,12 +181,13 @@ impl Application {
                 store.clone(),
                 Some(Arc::clone(&wake)),
                 config.retention,
-            ),
+            )
+            .with_gate(Arc::clone(&gate)),
             store: store.clone(),
             health: health.clone(),
             throttle: http::guard::Throttle::new(Arc::clone(&metrics)),
             metrics,
-            intake: deliver::Intake::new(store.clone(), wake, handoff, config.lease),
+            intake: deliver::Intake::new(store.clone(), wake, handoff, config.lease, gate),
             operators: http::operators::Operators::start().map_err(StartError::Server)?,
         };
         let (server, admin_server) = http::servers(
@@ -207,6 +219,7 @@ impl Application {
             worker,
             retention,
             replays,
+            controls,
             stop,
         })
     }
@@ -252,6 +265,7 @@ impl Application {
         let _ = self.worker.await;
         let _ = self.retention.await;
         let _ = self.replays.await;
+        let _ = self.controls.await;
         self.store.close().await;
         tracing::info!("accelerate-relay stopped");
         served

@@ -27,6 +27,9 @@ pub const STORE_UP: &str = "accelerate_relay_store_up";
 pub const BUILD_INFO: &str = "accelerate_relay_build_info";
 pub const TLS_EXPIRY: &str = "accelerate_relay_tls_certificate_expiry_timestamp_seconds";
 pub const ADMIN_REFUSED: &str = "accelerate_relay_admin_auth_refused_total";
+pub const PAUSED: &str = "accelerate_relay_environment_paused";
+pub const BREAKER_OPEN: &str = "accelerate_relay_breaker_open";
+pub const PACED: &str = "accelerate_relay_delivery_paced_total";
 
 /// Why an admin request or a console sign-in was refused: a wrong or
 /// missing token, or an address that guessed too often and must wait.
@@ -89,6 +92,9 @@ pub struct Metrics {
     oldest_pending: [Gauge; 2],
     store_up: Gauge,
     admin_refused: [Counter; 2],
+    paused: [Gauge; 2],
+    breaker_open: [Gauge; 2],
+    paced: [Counter; 2],
     /// Per-minute counts of the same events, for the console's chart.
     pub activity: Activity,
 }
@@ -160,6 +166,18 @@ impl Metrics {
             ADMIN_REFUSED,
             "Admin API requests and console sign-ins refused, by reason: wrong_token (missing or wrong), throttled (the address guessed too often and waits).",
         );
+        r.describe_gauge(
+            PAUSED,
+            "1 while an operator has paused deliveries to the environment (every replica obeys it), else 0.",
+        );
+        r.describe_gauge(
+            BREAKER_OPEN,
+            "1 while the environment's breaker is open: Accelerate failed RELAY_BREAKER_FAILURES attempts in a row, and only a probe goes out each RELAY_BREAKER_PROBE_INTERVAL.",
+        );
+        r.describe_counter(
+            PACED,
+            "Delivery attempts that waited for their place in RELAY_DELIVERY_RATE before going out.",
+        );
         r.describe_gauge(BUILD_INFO, "The relay's version, as a label; always 1.");
         r.describe_gauge(
             TLS_EXPIRY,
@@ -205,6 +223,10 @@ impl Metrics {
             store_up: r.gauge(STORE_UP, &[]),
             admin_refused: Refusal::ALL
                 .map(|why| r.counter(ADMIN_REFUSED, &[("reason", why.as_str())])),
+            paused: Environment::ALL.map(|e| r.gauge(PAUSED, &[("environment", e.as_str())])),
+            breaker_open: Environment::ALL
+                .map(|e| r.gauge(BREAKER_OPEN, &[("environment", e.as_str())])),
+            paced: per_env(&|env| r.counter(PACED, &[("environment", env)])),
             activity: Activity::default(),
             recorder,
         })
@@ -253,8 +275,19 @@ impl Metrics {
                 self.lag[env].record(lag.as_secs_f64());
             }
             Outcome::Dead { .. } => self.dead[env].increment(1),
-            Outcome::Retry { .. } => {}
+            Outcome::Retry { .. } | Outcome::Held { .. } => {}
         }
+    }
+
+    /// An environment's delivery controls as this replica knows them.
+    pub fn control(&self, env: Environment, paused: bool, breaker_open: bool) {
+        self.paused[index(env)].set(f64::from(u8::from(paused)));
+        self.breaker_open[index(env)].set(f64::from(u8::from(breaker_open)));
+    }
+
+    /// One attempt that waited for its place in the pace.
+    pub fn paced(&self, env: Environment) {
+        self.paced[index(env)].increment(1);
     }
 
     /// The text of `/metrics`, with the store's gauges as just read (`None`

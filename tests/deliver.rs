@@ -387,7 +387,8 @@ async fn worker_step_reports_what_it_did(backend: Backend) {
         &[("RELAY_RETRY_SCHEDULE", "1h")],
     ))
     .expect("config");
-    let worker = Worker::new(&config, app.store.clone(), Default::default()).expect("worker");
+    let gate = accelerate_relay::control::Gate::new(&config, app.store.clone(), None);
+    let worker = Worker::new(&config, app.store.clone(), Default::default(), gate).expect("worker");
     // The only delivery waits an hour: nothing is due.
     assert_eq!(worker.deliver_next().await.expect("step"), Step::Empty);
     let id = app.store.list(&Default::default()).await.expect("list")[0]

@@ -3,6 +3,7 @@
 //! back. Each action here is checked, done on the store, audited and (in the
 //! relay) wakes the delivery worker exactly once, whoever asked.
 
+mod environments;
 mod replays;
 
 use std::net::IpAddr;
@@ -11,8 +12,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub use environments::EnvironmentView;
 pub use replays::run as run_replays;
 
+use crate::control::Gate;
 use crate::event::Environment;
 use crate::store::{
     DeliveryDetail, DeliveryId, ListFilter, Replay, ReplayId, ReplayRequest, ReplayState, Retried,
@@ -97,6 +100,11 @@ pub struct Operations {
     store: Store,
     wake: Option<Arc<Notify>>,
     retention: Duration,
+    /// The relay's delivery controls (the CLI has none: it changes the
+    /// store, and every relay obeys within a second).
+    gate: Option<Arc<Gate>>,
+    /// `RELAY_DELIVERY_RATE`, to show.
+    rate: Option<u32>,
 }
 
 impl Operations {
@@ -105,7 +113,22 @@ impl Operations {
             store,
             wake,
             retention,
+            gate: None,
+            rate: None,
         }
+    }
+
+    /// Pauses and resumes through the relay's own controls, obeyed here at once.
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        self.rate = gate.rate();
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The rate shown where there is no gate (the CLI).
+    pub fn with_rate(mut self, rate: Option<u32>) -> Self {
+        self.rate = rate;
+        self
     }
 
     fn wake(&self) {
@@ -261,6 +284,8 @@ fn action(who: &Caller, action: &'static str) -> &'static str {
         (Actor::Console(_), "retry-dead") => "console-retry-dead",
         (Actor::Console(_), "replay") => "console-replay",
         (Actor::Console(_), "cancel-replay") => "console-cancel-replay",
+        (Actor::Console(_), "pause") => "console-pause",
+        (Actor::Console(_), "resume") => "console-resume",
         _ => action,
     }
 }

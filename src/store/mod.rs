@@ -5,6 +5,7 @@
 //! lease (`claim_due`), so an attempt cut short by a crash is simply claimed again
 //! once the lease runs out.
 
+mod controls;
 mod postgres;
 mod replays;
 mod rows;
@@ -21,6 +22,7 @@ use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType, PaymentId};
 use crate::verify::{Credentials, KeyRef};
 
+pub use controls::Control;
 pub use postgres::PgStore;
 pub use replays::{Replay, ReplayId, ReplayRequest, ReplayState, Stepped, STEP_EVERY, STEP_SIZE};
 pub use sessions::{EndedBy, StoredSession};
@@ -53,16 +55,18 @@ impl Store {
         }
     }
 
-    /// Leases up to `limit` due deliveries until `now + lease`, counting the attempt.
+    /// Leases up to `limit` due deliveries of `environment` until `now +
+    /// lease`, oldest due first, counting the attempt.
     pub async fn claim_due(
         &self,
         now: Timestamp,
         lease: Duration,
+        environment: Environment,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.claim_due(now, lease, limit).await,
-            Store::Postgres(s) => s.claim_due(now, lease, limit).await,
+            Store::Sqlite(s) => s.claim_due(now, lease, environment, limit).await,
+            Store::Postgres(s) => s.claim_due(now, lease, environment, limit).await,
         }
     }
 
@@ -628,9 +632,23 @@ pub struct Claimed {
 /// How an attempt ended.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    Delivered { at: Timestamp, status: u16 },
-    Retry { at: Timestamp, error: String },
-    Dead { error: String },
+    Delivered {
+        at: Timestamp,
+        status: u16,
+    },
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    /// Failed while the environment's breaker is open: pending again, its
+    /// place in the retry schedule kept (it moves no closer to dead).
+    Held {
+        at: Timestamp,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 /// How an attempt ended, as the history and the metrics name it.

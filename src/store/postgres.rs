@@ -160,12 +160,14 @@ impl PgStore {
         &self,
         now: Timestamp,
         lease: Duration,
+        environment: Environment,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
         let found: Vec<ClaimRow> = sqlx::query_as(rows::claim_sql(true))
             .bind(now.plus(lease).0)
             .bind(now.0)
             .bind(i64::from(limit))
+            .bind(environment.as_str())
             .fetch_all(&self.pool)
             .await?;
         found.into_iter().map(Claimed::try_from).collect()
@@ -399,6 +401,16 @@ impl PgStore {
             query = bind!(query, param.as_value());
         }
         bounded(self.timeout, query.fetch_one(&self.admin)).await
+    }
+
+    /// One number a statement returns, on the relay's own pool (delivery
+    /// control: its statements are on the delivery path).
+    pub async fn returning(&self, sql: &str, params: &[Param]) -> Result<i64, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        bounded(self.timeout, query.fetch_one(&self.pool)).await
     }
 
     /// Rows of two numbers, on the relay's own pool (the replay runner's reads).

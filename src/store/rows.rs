@@ -19,10 +19,10 @@ pub const ACCEPT: &str = "INSERT INTO deliveries \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END, $9) \
      ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
 
-/// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many.
+/// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many, `$4` the environment.
 ///
 /// A claimed row's `next_attempt_at` becomes its lease end, so "due" is one
-/// range of the `deliveries_due` index: rows in flight are simply not due yet,
+/// range of the `deliveries_due_by_environment` index: rows in flight are simply not due yet,
 /// and a row whose attempt died with its process becomes due when the lease
 /// runs out. `leased_until` only records that an attempt is in flight.
 pub fn claim_sql(skip_locked: bool) -> &'static str {
@@ -39,8 +39,8 @@ pub fn claim_sql(skip_locked: bool) -> &'static str {
 fn claim_text(lock: &str) -> String {
     format!(
         "UPDATE deliveries SET next_attempt_at = $1, leased_until = $1, attempts = attempts + 1 \
-         WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $2 \
-         ORDER BY next_attempt_at LIMIT $3{lock}) \
+         WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND environment = $4 \
+         AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3{lock}) \
          RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at"
     )
 }
@@ -59,9 +59,12 @@ pub fn finish_set(
     let delivered = |column: &str, value: &str| {
         format!("{column} = CASE WHEN {status} = 'delivered' THEN {value} ELSE {column} END")
     };
+    // 'held' (the breaker is open) is pending again without a place in the
+    // schedule spent: the base moves up with the attempt count.
     format!(
-        "{}, {}, {}, status = {status}, \
-         next_attempt_at = CASE WHEN {status} = 'pending' THEN {at} ELSE next_attempt_at END, \
+        "{}, {}, {}, status = CASE WHEN {status} = 'held' THEN 'pending' ELSE {status} END, \
+         attempts_base = CASE WHEN {status} = 'held' THEN attempts_base + 1 ELSE attempts_base END, \
+         next_attempt_at = CASE WHEN {status} IN ('pending', 'held') THEN {at} ELSE next_attempt_at END, \
          delivered_at = CASE WHEN {status} = 'delivered' THEN {at} ELSE delivered_at END, \
          last_status = COALESCE({http_status}, last_status), last_error = {error}, leased_until = NULL",
         delivered("delivered_attempt", attempt),
@@ -153,6 +156,7 @@ impl FinishRow {
                 ("delivered", Some(at.0), Some(i64::from(*status)), None)
             }
             Outcome::Retry { at, error } => ("pending", Some(at.0), None, Some(error.clone())),
+            Outcome::Held { at, error } => ("held", Some(at.0), None, Some(error.clone())),
             Outcome::Dead { error } => ("dead", None, None, Some(error.clone())),
         };
         Self {
@@ -266,6 +270,17 @@ pub struct ReplayRow {
     pub(super) created_at: i64,
     pub(super) finished_at: Option<i64>,
     pub(super) actor: String,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ControlRow {
+    pub(super) environment: String,
+    pub(super) paused_at: Option<i64>,
+    pub(super) paused_by: Option<String>,
+    pub(super) failures: i64,
+    pub(super) breaker_opened_at: Option<i64>,
+    pub(super) probe_at: Option<i64>,
+    pub(super) held_until: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]

@@ -131,6 +131,18 @@ impl Store {
         }
     }
 
+    /// One number the statement returns (on SQLite, from the writer).
+    pub(super) async fn returning(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_returning(sql, params).await,
+            Store::Postgres(s) => s.returning(sql, &params).await,
+        }
+    }
+
     async fn sessions_where(
         &self,
         sql: String,

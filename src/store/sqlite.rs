@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::replays::{self, ReplayId, Stepped};
 use super::rows::{
-    self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow, Value,
+    self, AttemptRow, ClaimRow, ControlRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow,
+    Value,
 };
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
@@ -37,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_console_sessions.sql"),
     include_str!("../../migrations/sqlite/0008_find_any_payment.sql"),
     include_str!("../../migrations/sqlite/0009_replays.sql"),
+    include_str!("../../migrations/sqlite/0010_delivery_control.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -92,6 +94,7 @@ enum Op {
     Claim {
         now: Timestamp,
         lease: Duration,
+        environment: Environment,
         limit: u32,
         reply: Reply<Vec<Claimed>>,
     },
@@ -236,11 +239,13 @@ impl SqliteStore {
         &self,
         now: Timestamp,
         lease: Duration,
+        environment: Environment,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
         self.call(|reply| Op::Claim {
             now,
             lease,
+            environment,
             limit,
             reply,
         })
@@ -894,6 +899,20 @@ impl SqliteRow for (i64,) {
     }
 }
 
+impl SqliteRow for ControlRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ControlRow {
+            environment: row.get(0)?,
+            paused_at: row.get(1)?,
+            paused_by: row.get(2)?,
+            failures: row.get(3)?,
+            breaker_opened_at: row.get(4)?,
+            probe_at: row.get(5)?,
+            held_until: row.get(6)?,
+        })
+    }
+}
+
 impl SqliteRow for SessionRow {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(SessionRow {
@@ -1023,7 +1042,11 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
             Done::Accepted(id.map_or(Accepted::Duplicate, |id| Accepted::New(DeliveryId(id))))
         }
         Op::Claim {
-            now, lease, limit, ..
+            now,
+            lease,
+            environment,
+            limit,
+            ..
         } => {
             let mut stmt = conn.prepare_cached(rows::claim_sql(false))?;
             bind(
@@ -1032,6 +1055,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
                     Value::Int(now.plus(*lease).0),
                     Value::Int(now.0),
                     Value::Int(i64::from(*limit)),
+                    Value::Text(environment.as_str()),
                 ],
             )?;
             let mut found = stmt.raw_query();
@@ -1257,5 +1281,32 @@ mod tests {
                 "{sql}: {steps:?}"
             );
         }
+    }
+    /// A claim is per environment (one may be paused while the other
+    /// flows): a range of the environment's due index, never a scan past
+    /// the paused one's backlog.
+    #[test]
+    fn claims_read_the_environment_due_index() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut conn = connect(&dir.path().join("relay.db")).expect("open");
+        migrate(&mut conn).expect("migrate");
+        let mut plan = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", rows::claim_sql(false)))
+            .expect("explain");
+        let steps: Vec<String> = plan
+            .query_map(rusqlite::params![1, 1, 10, "sandbox"], |row| row.get(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("deliveries_due_by_environment")),
+            "{steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.starts_with("SCAN deliveries")),
+            "{steps:?}"
+        );
     }
 }

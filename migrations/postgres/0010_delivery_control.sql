@@ -1,0 +1,20 @@
+-- Delivery control, one row per environment, shared by every replica: an
+-- operator's pause, the breaker (consecutive failed attempts, when it
+-- opened, when the fleet's next probe may go), Accelerate's Retry-After,
+-- and the pace (the fleet's next free attempt slot). Expand-only: a new
+-- table and an index that earlier releases never read.
+CREATE TABLE environment_controls (
+    environment       TEXT    PRIMARY KEY,
+    paused_at         BIGINT,                      -- ms since the Unix epoch; NULL: not paused
+    paused_by         TEXT,                    -- api, cli or the console session
+    failures          BIGINT NOT NULL DEFAULT 0,   -- consecutive failed attempts, fleet-wide
+    breaker_opened_at BIGINT,                      -- ms; NULL: closed
+    probe_at          BIGINT,                      -- ms: the next probe may start then
+    held_until        BIGINT,                      -- ms: no attempt before (Retry-After)
+    pace_us           BIGINT NOT NULL DEFAULT 0    -- µs: the fleet's next free attempt slot
+);
+INSERT INTO environment_controls (environment) VALUES ('sandbox'), ('production');
+-- Claims go per environment (one may be paused, paced or open while the
+-- other flows), each a range of this index.
+CREATE INDEX deliveries_due_by_environment ON deliveries (environment, next_attempt_at)
+    WHERE status = 'pending';
