@@ -1,5 +1,5 @@
 //! The command line: `serve` (the default), `check-config`, `sign`, `replay`,
-//! `deliveries` and `healthcheck`.
+//! `deliveries`, `environments` and `healthcheck`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -63,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Pause, resume and show each environment's deliveries, for the whole
+    /// fleet, straight on the store (RELAY_DATABASE_URL).
+    Environments {
+        #[command(subcommand)]
+        command: EnvironmentsCommand,
+    },
     /// Exit 0 when the local relay answers /healthz (for container health checks).
     Healthcheck,
 }
@@ -118,6 +124,21 @@ enum DeliveriesCommand {
 }
 
 #[derive(Subcommand)]
+enum EnvironmentsCommand {
+    /// Each environment: paused or not, breaker, rate, pending count and
+    /// oldest pending age (`--json`: one JSON object a line).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold every attempt to ENVIRONMENT (events are still accepted and
+    /// stored); every relay obeys within a second, and across restarts.
+    Pause { environment: Environment },
+    /// Let ENVIRONMENT's held deliveries drain at the paced rate, oldest first.
+    Resume { environment: Environment },
+}
+
+#[derive(Subcommand)]
 enum ReplayCommand {
     /// Record a replay (prints its id); `--dry-run` only counts.
     Start {
@@ -166,6 +187,9 @@ pub fn main() -> ExitCode {
         }),
         Command::Deliveries { command } => {
             runtime().and_then(|rt| rt.block_on(deliveries(command)))
+        }
+        Command::Environments { command } => {
+            runtime().and_then(|rt| rt.block_on(environments(command)))
         }
         Command::Healthcheck => runtime().and_then(|rt| rt.block_on(healthcheck())),
     };
@@ -223,6 +247,21 @@ fn check_config() -> anyhow::Result<()> {
         config.delivery_timeout.as_millis()
     );
     println!("delivery concurrency: {}", config.delivery_concurrency);
+    println!(
+        "delivery rate:        {} per environment, for the whole fleet",
+        config
+            .delivery_rate
+            .map_or("unlimited".to_owned(), |r| format!("{r}/s"))
+    );
+    println!(
+        "in flight per env:    {} per replica",
+        config.environment_concurrency
+    );
+    println!(
+        "breaker:              opens after {} failed attempts in a row; a probe every {}",
+        config.breaker_failures,
+        humantime::format_duration(config.breaker_probe_interval)
+    );
     println!("retry schedule:       {}", config.retry_schedule);
     println!("lease:                {} ms", config.lease.as_millis());
     println!(
@@ -362,6 +401,77 @@ async fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
     let result = run_deliveries(&operations, command).await;
     store.close().await;
     result
+}
+
+async fn environments(command: EnvironmentsCommand) -> anyhow::Result<()> {
+    telemetry::init_for_operator_commands();
+    let database = DatabaseConfig::from_env().context("configuration error")?;
+    let rate = crate::config::delivery_rate_from_env().context("configuration error")?;
+    let store = Store::open(&database, Role::Tool)
+        .await
+        .context("cannot open the store named by RELAY_DATABASE_URL")?;
+    let retention = crate::config::retention_from_env().context("configuration error")?;
+    let operations = Operations::new(store.clone(), None, retention).with_rate(rate);
+    let result = run_environments(&operations, command).await;
+    store.close().await;
+    result
+}
+
+async fn run_environments(
+    operations: &Operations,
+    command: EnvironmentsCommand,
+) -> anyhow::Result<()> {
+    let cli = Caller::cli();
+    let (env, paused) = match command {
+        EnvironmentsCommand::List { json } => {
+            for view in operations.environments().await? {
+                if json {
+                    println!("{}", serde_json::to_string(&view)?);
+                } else {
+                    println!("{}", environment_line(&view));
+                }
+            }
+            return Ok(());
+        }
+        EnvironmentsCommand::Pause { environment } => (environment, true),
+        EnvironmentsCommand::Resume { environment } => (environment, false),
+    };
+    let changed = operations.pause(&cli, env, paused).await?;
+    println!(
+        "{env}: {}",
+        match (paused, changed) {
+            (true, true) => "paused; every relay holds its attempts within a second",
+            (true, false) => "was already paused",
+            (false, true) => "resumed; held deliveries drain at the paced rate, oldest first",
+            (false, false) => "was not paused",
+        }
+    );
+    Ok(())
+}
+
+fn environment_line(v: &operations::EnvironmentView) -> String {
+    let paused = match (&v.paused_at, &v.paused_by) {
+        (Some(at), Some(by)) => format!("paused since {at} by {by}"),
+        (Some(at), None) => format!("paused since {at}"),
+        _ => "flowing".to_owned(),
+    };
+    let breaker = match &v.breaker_opened_at {
+        Some(at) => format!("breaker open since {at}"),
+        None => format!(
+            "breaker closed ({} failed in a row)",
+            v.consecutive_failures
+        ),
+    };
+    let rate = v
+        .rate_per_second
+        .map_or("unlimited".to_owned(), |r| format!("{r}/s"));
+    let oldest = v
+        .oldest_pending_age_seconds
+        .map_or(String::new(), |s| format!(", oldest {s} s"));
+    format!(
+        "{:<10}  {paused}  {breaker}  rate {rate}  {} pending{oldest}",
+        v.environment, v.pending
+    )
 }
 
 async fn run_deliveries(operations: &Operations, command: DeliveriesCommand) -> anyhow::Result<()> {

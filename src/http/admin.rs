@@ -26,6 +26,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_post("/admin/replays", list_replays, start_replay))
         .service(get("/admin/replays/{id}", show_replay))
         .service(post("/admin/replays/{id}/cancel", cancel_replay))
+        .service(get("/admin/environments", environments))
+        .service(post("/admin/environments/{environment}/pause", pause))
+        .service(post("/admin/environments/{environment}/resume", resume))
         .service(get("/admin/sessions", sessions))
         .service(post("/admin/sessions/{id}/revoke", revoke_session));
 }
@@ -283,6 +286,59 @@ async fn cancel_replay(
         .cancel_replay(&caller(&req, Actor::Api), id)
         .await?;
     Ok(HttpResponse::Ok().json(replay))
+}
+
+/// Each environment's delivery controls: paused, breaker, rate, attempts
+/// in flight on this replica, pending count and oldest pending age.
+async fn environments(
+    _: Operator,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let environments = state.operations.environments().await?;
+    Ok(HttpResponse::Ok().json(json!({ "environments": environments })))
+}
+
+async fn pause(
+    operator: Operator,
+    req: HttpRequest,
+    environment: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    set_paused(operator, req, environment, state, true).await
+}
+
+async fn resume(
+    operator: Operator,
+    req: HttpRequest,
+    environment: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    set_paused(operator, req, environment, state, false).await
+}
+
+/// 200 with the environment as it now is and whether this call changed it.
+async fn set_paused(
+    _: Operator,
+    req: HttpRequest,
+    environment: web::Path<String>,
+    state: web::Data<AppState>,
+    paused: bool,
+) -> Result<HttpResponse, AdminError> {
+    only(&req, &[])?;
+    let env = parse::<Environment>("environment", &environment)?;
+    let changed = state
+        .operations
+        .pause(&caller(&req, Actor::Api), env, paused)
+        .await?;
+    let shown = state
+        .operations
+        .environments()
+        .await?
+        .into_iter()
+        .find(|v| v.environment == env.as_str());
+    Ok(HttpResponse::Ok().json(json!({ "environment": shown, "changed": changed })))
 }
 
 /// The console sessions neither ended nor expired, newest first. Never the

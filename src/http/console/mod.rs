@@ -86,6 +86,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
             .service(get("/deliveries/{id}", delivery))
             .service(post("/deliveries/{id}/retry", retry))
             .service(get_post("/retry-dead", confirm_retry_dead, retry_dead))
+            .service(post("/environments/{environment}/pause", pause))
+            .service(post("/environments/{environment}/resume", resume))
             .service(get_post("/replays", replays_page, start_replay))
             .service(get("/replays/confirm", confirm_replay))
             .service(post("/replays/{id}/cancel", cancel_replay))
@@ -418,9 +420,13 @@ async fn overview(
 ) -> Result<HttpResponse, ConsoleError> {
     let query = only(
         super::query_pairs(req.query_string()).map_err(ConsoleError::BadRequest)?,
-        &["window"],
+        &["window", "notice"],
     )?;
     let session = signed_in(&req, &sessions, &state).await?;
+    let notice = query
+        .get("notice")
+        .and_then(|n| sessions.open_notice(&session, n))
+        .map(notice_text);
     let window = match query.get("window").map(String::as_str) {
         None | Some("hour") => Window::Hour,
         Some("day") => Window::Day,
@@ -432,11 +438,16 @@ async fn overview(
     };
     let now = Timestamp::now();
     let activity = &state.metrics.activity;
-    let store = state.store.clone();
-    let environments: Vec<EnvironmentView> = state
+    let (store, operations) = (state.store.clone(), state.operations.clone());
+    let (counts, controls) = state
         .operators
-        .run(async move { store.counts().await.map_err(ConsoleError::from) })
-        .await?
+        .run(async move {
+            let counts = store.counts().await?;
+            let controls = operations.environments().await?;
+            Ok::<_, ConsoleError>((counts, controls))
+        })
+        .await?;
+    let environments: Vec<EnvironmentView> = counts
         .into_iter()
         .filter(|c| {
             let configured = state.config.credentials.contains_key(&c.environment.into());
@@ -444,10 +455,21 @@ async fn overview(
         })
         .map(|counts| EnvironmentView {
             minutes: activity.last(counts.environment, window.minutes(), now),
+            control: controls
+                .iter()
+                .find(|c| c.environment == counts.environment.as_str())
+                .cloned(),
             counts,
         })
         .collect();
-    let page = pages::overview(&session, &environments, window, now, activity.since());
+    let page = pages::overview(
+        &session,
+        &environments,
+        window,
+        now,
+        activity.since(),
+        notice.as_deref(),
+    );
     Ok(html(StatusCode::OK, page))
 }
 
@@ -618,6 +640,55 @@ async fn retry_dead(
     Ok(see_other(&format!(
         "/console/deliveries?status=pending&notice={}",
         sessions.seal_notice(&session, &format!("retried-dead:{retried}"))
+    )))
+}
+
+async fn pause(
+    req: HttpRequest,
+    environment: web::Path<String>,
+    form: web::Form<Vec<(String, String)>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    set_paused(req, environment, form, sessions, state, true).await
+}
+
+async fn resume(
+    req: HttpRequest,
+    environment: web::Path<String>,
+    form: web::Form<Vec<(String, String)>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    set_paused(req, environment, form, sessions, state, false).await
+}
+
+async fn set_paused(
+    req: HttpRequest,
+    environment: web::Path<String>,
+    form: web::Form<Vec<(String, String)>>,
+    sessions: web::Data<Sessions>,
+    state: web::Data<AppState>,
+    paused: bool,
+) -> Result<HttpResponse, ConsoleError> {
+    let form = only(form.into_inner(), &["csrf"])?;
+    let session = checked(&req, &sessions, &state, &form).await?;
+    let env: Environment = environment
+        .parse()
+        .map_err(|e: crate::event::EventError| ConsoleError::BadRequest(e.to_string()))?;
+    let changed = state
+        .operations
+        .pause(&as_operator(&req, &session), env, paused)
+        .await?;
+    let notice = match (paused, changed) {
+        (true, true) => "paused",
+        (true, false) => "already-paused",
+        (false, true) => "resumed",
+        (false, false) => "not-paused",
+    };
+    Ok(see_other(&format!(
+        "/console?notice={}",
+        sessions.seal_notice(&session, &format!("{notice}:{env}"))
     )))
 }
 
@@ -868,6 +939,14 @@ fn notice_text(notice: &str) -> String {
         Some(("retried-dead", n)) => {
             format!("Retried: {n} dead deliveries were made pending and due now.")
         }
+        Some(("paused", env)) => format!(
+            "Paused: no attempt goes to {env}'s Accelerate (on any replica, within a second) until you resume; events are still accepted and stored."
+        ),
+        Some(("already-paused", env)) => format!("{env} was already paused."),
+        Some(("resumed", env)) => format!(
+            "Resumed: {env}'s held deliveries drain at the paced rate, oldest first."
+        ),
+        Some(("not-paused", env)) => format!("{env} was not paused."),
         Some(("revoked", id)) => format!("Revoked: session {id} is signed out on every replica."),
         Some(("replay-started", rest)) => match rest.split_once(':') {
             Some((id, "1")) => format!("Replay {id} started: 1 event is being sent again."),

@@ -99,6 +99,8 @@ impl Window {
 pub struct EnvironmentView {
     pub counts: Counts,
     pub minutes: Vec<Minute>,
+    /// Its delivery controls (pause, breaker, rate).
+    pub control: Option<crate::operations::EnvironmentView>,
 }
 
 pub fn overview(
@@ -107,6 +109,7 @@ pub fn overview(
     window: Window,
     now: Timestamp,
     counting_since: Timestamp,
+    notice: Option<&str>,
 ) -> Markup {
     let first = Timestamp(now.0 - 60_000 * (window.minutes() as i64 - 1));
     let middle = Timestamp((first.0 + now.0) / 2);
@@ -117,6 +120,7 @@ pub fn overview(
     };
     let body = html! {
         h1 { "Overview" }
+        @if let Some(notice) = notice { p.notice role="status" { (notice) } }
         p.window {
             "Chart: "
             a href="/console?window=hour" aria-current=[(window == Window::Hour).then_some("page")] { "last hour" }
@@ -128,6 +132,9 @@ pub fn overview(
             @let c = &view.counts;
             section.environment id=(format!("env-{env}")) {
                 h2 { (env) }
+                @if let Some(control) = &view.control {
+                    (controls(session, control))
+                }
                 div.cards {
                     a.card.pending href=(format!("/console/deliveries?environment={env}&status=pending")) {
                         span.count data-count="pending" { (c.pending) } span.label { "pending" }
@@ -160,6 +167,45 @@ pub fn overview(
         }
     };
     layout("Overview", Some(session), Nav::Overview, body)
+}
+
+/// An environment's delivery state and the button that pauses or resumes it.
+fn controls(session: &Session, c: &crate::operations::EnvironmentView) -> Markup {
+    let env = c.environment;
+    let rate = c.rate_per_second.map_or("unlimited".to_owned(), |r| {
+        format!("at most {r} attempts a second")
+    });
+    html! {
+        div.controls data-environment=(env) {
+            @if c.paused {
+                p.state.paused data-state="paused" {
+                    strong { "Paused" }
+                    " since " (c.paused_at.as_deref().unwrap_or("?"))
+                    @if let Some(by) = &c.paused_by { " by " (by) }
+                    ". Events are accepted and stored; none is sent until resumed."
+                }
+            } @else if c.breaker == "open" {
+                p.state.breaker data-state="breaker-open" {
+                    strong { "Breaker open" }
+                    " since " (c.breaker_opened_at.as_deref().unwrap_or("?"))
+                    ": Accelerate failed " (c.consecutive_failures) " attempts in a row. One probe goes out each interval; nothing turns dead meanwhile."
+                }
+            } @else {
+                p.state.flowing data-state="flowing" {
+                    strong { "Delivering" } ", " (rate) "."
+                    @if let Some(until) = &c.held_until { " Held by Accelerate's Retry-After until " (until) "." }
+                }
+            }
+            form method="post" action=(format!("/console/environments/{env}/{}", if c.paused { "resume" } else { "pause" })) {
+                (csrf(session))
+                @if c.paused {
+                    button.resume type="submit" { "Resume deliveries" }
+                } @else {
+                    button.pause type="submit" { "Pause deliveries" }
+                }
+            }
+        }
+    }
 }
 
 /// What the list page was asked for, as the form shows it back.
