@@ -702,7 +702,46 @@ async fn a_replay_is_counted_confirmed_and_followed(backend: Backend) {
     app.stop().await;
 }
 
+/// The overview's button pauses an environment for the whole fleet: a new
+/// event waits unsent, the state and who paused it are shown, and Resume
+/// sends it.
+async fn an_environment_is_paused_and_resumed_with_its_button(backend: Backend) {
+    let app = console_app(backend).await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    sign_in(&browser, &app).await;
+    let state = "#env-sandbox .controls .state";
+    assert!(browser.text(state).await.starts_with("Delivering"));
+    browser.click("#env-sandbox .controls button.pause").await;
+    assert!(page_shows(&browser, "#env-sandbox .controls strong", "Paused").await);
+    assert!(browser.text(".notice").await.starts_with("Paused:"));
+    let paused = browser.text(state).await;
+    assert!(paused.contains(" by "), "who paused it: {paused}");
+    assert!(browser
+        .text("#env-production .controls .state")
+        .await
+        .starts_with("Delivering"));
+    send(&app, "sandbox", "evt_console_held").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(app.sandbox.received().is_empty(), "sent while paused");
+    browser.client.refresh().await.expect("reload");
+    assert_eq!(browser.text("#env-sandbox [data-count=pending]").await, "1");
+    let (dir, name) = screenshots(backend, "console-paused");
+    browser.screenshot(&dir, &name).await;
+    browser.click("#env-sandbox .controls button.resume").await;
+    assert!(browser.text(".notice").await.starts_with("Resumed:"));
+    app.sandbox.wait_for(1, WAIT).await;
+    assert!(
+        app.reaches_status("evt_console_held", "delivered", WAIT)
+            .await
+    );
+    browser.close().await;
+    app.stop().await;
+}
+
 on_both_stores!(
+    an_environment_is_paused_and_resumed_with_its_button,
     a_replay_is_counted_confirmed_and_followed,
     console_fields_are_parsed_strictly,
     sign_in_needs_the_admin_token,

@@ -28,10 +28,14 @@ async fn kill_9_twenty_times_under_load(backend: Backend) {
     const KILLS: usize = 20;
     let db = TestDb::create(backend).await;
     let accelerate = MockAccelerate::start().await;
+    // Thousands are accepted in seconds; paced at the default 100/s their
+    // drain would outlast the wait below, which is about losing nothing.
+    let unpaced = ("RELAY_DELIVERY_RATE", "unlimited");
     let settings: Vec<(&str, &str)> = match backend {
-        Backend::Sqlite => vec![],
+        Backend::Sqlite => vec![unpaced],
         // No lease reset on PostgreSQL (other replicas may hold them): keep leases short.
         Backend::Postgres => vec![
+            unpaced,
             ("RELAY_DATABASE_URL", db.url()),
             ("RELAY_DELIVERY_TIMEOUT_MS", "1000"),
             ("RELAY_LEASE_MS", "2500"),
@@ -134,7 +138,12 @@ async fn accepted_events_survive_kill_9_while_accelerate_is_down() {
     // second (seen in CI) made the earliest events dead before the kill,
     // which is right for the relay and not what this test is about.
     let patient = vec!["250ms"; 120].join(",");
-    let patient = [("RELAY_RETRY_SCHEDULE", patient.as_str())];
+    // The breaker opens while Accelerate is down; its probe comes soon after
+    // the restart, so the drain is not this test's wait.
+    let patient = [
+        ("RELAY_RETRY_SCHEDULE", patient.as_str()),
+        ("RELAY_BREAKER_PROBE_INTERVAL", "300ms"),
+    ];
     let mut relay = RelayProcess::start(dir.path(), &down, &patient).await;
     let mut accepted = HashSet::new();
     for i in 0..50 {
