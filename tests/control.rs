@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{RelayProcess, BINARY};
+use common::process::RelayProcess;
 use common::*;
 use serde_json::Value;
 
@@ -401,23 +400,7 @@ async fn the_cli_pauses_and_resumes_a_running_relay() {
     let dir = tempfile::tempdir().expect("dir");
     let accelerate = MockAccelerate::start().await;
     let relay = RelayProcess::start(dir.path(), &accelerate.url(), &[]).await;
-    let db = format!(
-        "sqlite://{}",
-        common::process::db_path(dir.path()).display()
-    );
-    let cli = |args: &[&str]| {
-        let out = Command::new(BINARY)
-            .args(args)
-            .env_clear()
-            .env("RELAY_DATABASE_URL", &db)
-            .output()
-            .expect("run the binary");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| common::process::operator_command(dir.path(), args);
     let (ok, out, err) = cli(&["environments", "pause", "sandbox"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("sandbox: paused"), "{out}");

@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{RelayProcess, BINARY};
+use common::process::RelayProcess;
 use common::*;
 use serde_json::{json, Value};
 
@@ -586,23 +585,7 @@ async fn the_cli_replays_through_the_same_operations() {
     }
     accelerate.wait_for(3, WAIT).await;
     let before = now_rfc3339();
-    let db = format!(
-        "sqlite://{}",
-        common::process::db_path(dir.path()).display()
-    );
-    let cli = |args: &[&str]| {
-        let out = Command::new(BINARY)
-            .args(args)
-            .env_clear()
-            .env("RELAY_DATABASE_URL", &db)
-            .output()
-            .expect("run the binary");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| common::process::operator_command(dir.path(), args);
     let range = [
         "deliveries",
         "replay",

@@ -27,8 +27,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/admin/replays/{id}", show_replay))
         .service(post("/admin/replays/{id}/cancel", cancel_replay))
         .service(get("/admin/environments", environments))
-        .service(post("/admin/environments/{environment}/pause", pause))
-        .service(post("/admin/environments/{environment}/resume", resume))
+        .service(post(
+            "/admin/environments/{environment}/{action}",
+            pause_or_resume,
+        ))
         .service(get("/admin/sessions", sessions))
         .service(post("/admin/sessions/{id}/revoke", revoke_session));
 }
@@ -300,32 +302,24 @@ async fn environments(
     Ok(HttpResponse::Ok().json(json!({ "environments": environments })))
 }
 
-async fn pause(
-    operator: Operator,
-    req: HttpRequest,
-    environment: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AdminError> {
-    set_paused(operator, req, environment, state, true).await
-}
-
-async fn resume(
-    operator: Operator,
-    req: HttpRequest,
-    environment: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AdminError> {
-    set_paused(operator, req, environment, state, false).await
-}
-
-/// 200 with the environment as it now is and whether this call changed it.
-async fn set_paused(
+/// `…/pause` or `…/resume`: 200 with the environment as it now is and
+/// whether this call changed it.
+async fn pause_or_resume(
     _: Operator,
     req: HttpRequest,
-    environment: web::Path<String>,
+    path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-    paused: bool,
 ) -> Result<HttpResponse, AdminError> {
+    let (environment, action) = path.into_inner();
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return Err(AdminError::NotFound(format!(
+                "action `{other}`; use pause or resume"
+            )))
+        }
+    };
     only(&req, &[])?;
     let env = parse::<Environment>("environment", &environment)?;
     let changed = state

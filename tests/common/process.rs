@@ -134,3 +134,22 @@ pub async fn statuses(dir: &Path) -> Vec<(String, String)> {
         .expect("read deliveries");
     rows.map(|r| r.expect("row")).collect()
 }
+
+/// The binary's command line on the SQLite store in `dir`, as an operator
+/// runs it beside the relay: whether it succeeded, its stdout and stderr.
+pub fn operator_command(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BINARY)
+        .args(args)
+        .env_clear()
+        .env(
+            "RELAY_DATABASE_URL",
+            format!("sqlite://{}", db_path(dir).display()),
+        )
+        .output()
+        .expect("run the binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

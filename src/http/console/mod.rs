@@ -86,8 +86,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
             .service(get("/deliveries/{id}", delivery))
             .service(post("/deliveries/{id}/retry", retry))
             .service(get_post("/retry-dead", confirm_retry_dead, retry_dead))
-            .service(post("/environments/{environment}/pause", pause))
-            .service(post("/environments/{environment}/resume", resume))
+            .service(post(
+                "/environments/{environment}/{action}",
+                pause_or_resume,
+            ))
             .service(get_post("/replays", replays_page, start_replay))
             .service(get("/replays/confirm", confirm_replay))
             .service(post("/replays/{id}/cancel", cancel_replay))
@@ -643,34 +645,24 @@ async fn retry_dead(
     )))
 }
 
-async fn pause(
+/// The overview's Pause and Resume buttons.
+async fn pause_or_resume(
     req: HttpRequest,
-    environment: web::Path<String>,
+    path: web::Path<(String, String)>,
     form: web::Form<Vec<(String, String)>>,
     sessions: web::Data<Sessions>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    set_paused(req, environment, form, sessions, state, true).await
-}
-
-async fn resume(
-    req: HttpRequest,
-    environment: web::Path<String>,
-    form: web::Form<Vec<(String, String)>>,
-    sessions: web::Data<Sessions>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ConsoleError> {
-    set_paused(req, environment, form, sessions, state, false).await
-}
-
-async fn set_paused(
-    req: HttpRequest,
-    environment: web::Path<String>,
-    form: web::Form<Vec<(String, String)>>,
-    sessions: web::Data<Sessions>,
-    state: web::Data<AppState>,
-    paused: bool,
-) -> Result<HttpResponse, ConsoleError> {
+    let (environment, action) = path.into_inner();
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return Err(ConsoleError::NotFound(format!(
+                "There is no `{other}` for an environment: its buttons pause and resume."
+            )))
+        }
+    };
     let form = only(form.into_inner(), &["csrf"])?;
     let session = checked(&req, &sessions, &state, &form).await?;
     let env: Environment = environment
