@@ -71,6 +71,11 @@ struct Args {
     /// `--rate` for `--seconds` with and without 32 admin readers.
     #[arg(long)]
     lookups: bool,
+    /// Only the drain of a `--backlog` of pending deliveries on SQLite,
+    /// unpaced and at the default RELAY_DELIVERY_RATE (100/s: 100,000 take
+    /// about 17 minutes). The other runs measure the relay unpaced.
+    #[arg(long)]
+    drain: bool,
 }
 
 const WEBHOOK: &str = "/webhooks/checkoutdotcom/sandbox";
@@ -103,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     if args.pinned {
         return pinned::run(&args, &events, clock, &work).await;
+    }
+    if args.drain {
+        return drain_run(&args, &events, clock, &work).await;
     }
     let mut report = Report::default();
 
@@ -332,7 +340,16 @@ async fn fixed_rate(target: &Target, events: &Arc<Events>, args: &Args, clock: C
 }
 
 async fn wait_arrived(mock: &Mock, range: std::ops::Range<usize>, expected: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    wait_arrived_within(mock, range, expected, Duration::from_secs(300)).await
+}
+
+async fn wait_arrived_within(
+    mock: &Mock,
+    range: std::ops::Range<usize>,
+    expected: usize,
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if mock.arrived(range.clone()) >= expected {
             return true;
@@ -457,6 +474,72 @@ async fn scale_run(
         drained,
         drain_peak_rss: peak,
     });
+    Ok(())
+}
+
+/// A backlog drained unpaced, then at the default rate: the time until
+/// the mock had every event, the pace it kept, the relay's CPU and RSS.
+async fn drain_run(
+    args: &Args,
+    events: &Arc<Events>,
+    clock: Clock,
+    work: &tempfile::TempDir,
+) -> anyhow::Result<()> {
+    println!("| RELAY_DELIVERY_RATE | backlog | drained in | per second | busiest second | relay CPU s | peak RSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (i, rate) in ["unlimited", "100"].into_iter().enumerate() {
+        let url = format!(
+            "sqlite://{}",
+            work.path().join(format!("drain{i}.db")).display()
+        );
+        let mock = Mock::start(events.bodies.len(), clock).await?;
+        // The schema first, then the backlog straight into the file.
+        start_relay(&url, &mock.url(), &work.path().join("schema.log"))
+            .await?
+            .stop();
+        prefill_backlog(&url, events, args.backlog).await?;
+        eprintln!(
+            "drain: {} pending deliveries at RELAY_DELIVERY_RATE={rate}…",
+            args.backlog
+        );
+        let started = Instant::now();
+        let relay = procs::start_relay_with(
+            &url,
+            &mock.url(),
+            &work.path().join(format!("drain{i}.log")),
+            &[("RELAY_DELIVERY_RATE", rate)],
+        )
+        .await?;
+        let within = match rate.parse::<u64>() {
+            Ok(r) => Duration::from_secs(args.backlog as u64 / r * 2 + 60),
+            Err(_) => Duration::from_secs(300),
+        };
+        let drained = wait_arrived_within(&mock, 0..args.backlog, args.backlog, within).await;
+        let drain = started.elapsed();
+        let cpu = relay.cpu_seconds();
+        let peak = relay.peak_rss_mib();
+        relay.stop();
+        let mut got: Vec<u64> = (0..args.backlog)
+            .map(|i| mock.got_at[i].load(Ordering::Relaxed))
+            .filter(|t| *t != 0)
+            .collect();
+        got.sort_unstable();
+        let mut busiest = 0;
+        let mut start = 0;
+        for end in 0..got.len() {
+            while got[end] - got[start] >= 1_000_000 {
+                start += 1;
+            }
+            busiest = busiest.max(end - start + 1);
+        }
+        println!(
+            "| {rate} | {} | {:.1} s{} | {:.0} | {busiest} | {cpu:.1} | {peak:.1} |",
+            args.backlog,
+            drain.as_secs_f64(),
+            if drained { "" } else { " NOT COMPLETE" },
+            args.backlog as f64 / drain.as_secs_f64(),
+        );
+    }
     Ok(())
 }
 

@@ -277,6 +277,9 @@ pub async fn start_relay_with(
         .env("CKO_SANDBOX_AUTHORIZATION_KEY", AUTH)
         .env("CKO_SANDBOX_SIGNATURE_KEY", SIG_KEY)
         .env("ACCELERATE_SANDBOX_URL", accelerate)
+        // The relay's capacity is measured unpaced; the drain run measures
+        // the pace itself (`--drain`). Earlier releases ignore it.
+        .env("RELAY_DELIVERY_RATE", "unlimited")
         .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
