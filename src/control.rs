@@ -12,7 +12,7 @@
 //! attempt is sent at its slot's time: two replicas together keep to the rate.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,15 +81,25 @@ impl From<&Control> for State {
 }
 
 /// An attempt's place in its environment's queue (see `Gate::queue`).
-pub struct Ticket(oneshot::Receiver<OwnedSemaphorePermit>);
+pub enum Ticket {
+    /// Unpaced, with room and nobody ahead: its place in flight at once,
+    /// without a hand-off through the pacer (a context switch per attempt).
+    Ready(OwnedSemaphorePermit),
+    Queued(oneshot::Receiver<OwnedSemaphorePermit>),
+}
 
 struct Lane {
     state: RwLock<State>,
     /// Attempts waiting for their place, in the order they were queued.
     queue: mpsc::UnboundedSender<oneshot::Sender<OwnedSemaphorePermit>>,
+    /// Sent to the pacer and not yet served or skipped by it.
+    queued: AtomicUsize,
     in_flight: Arc<Semaphore>,
     /// Attempts started (claimed or handed over) and not yet recorded.
     outstanding: AtomicUsize,
+    /// The claim loop found this lane full and waits for an attempt to end
+    /// (only then does an ending attempt wake it).
+    full: AtomicBool,
 }
 
 pub struct Gate {
@@ -115,8 +125,10 @@ impl Gate {
         let lane = |queue| Lane {
             state: RwLock::new(State::default()),
             queue,
+            queued: AtomicUsize::new(0),
             in_flight: Arc::new(Semaphore::new(cap)),
             outstanding: AtomicUsize::new(0),
+            full: AtomicBool::new(false),
         };
         let gate = Arc::new(Self {
             store,
@@ -208,6 +220,10 @@ impl Gate {
             && self.lane(env).outstanding.load(Ordering::Relaxed) < self.ahead()
     }
 
+    fn batch(&self) -> usize {
+        (self.ahead() / 4).max(1)
+    }
+
     fn ahead(&self) -> usize {
         let by_rate = self
             .rate
@@ -225,12 +241,19 @@ impl Gate {
             let won = self.store.take_probe(env, now, self.probe_every).await?;
             return Ok(if won { Claims::Probe } else { Claims::None });
         }
-        let outstanding = self.lane(env).outstanding.load(Ordering::Relaxed);
-        let room = self.ahead().saturating_sub(outstanding);
+        let lane = self.lane(env);
+        let outstanding = lane.outstanding.load(Ordering::Relaxed);
+        let mut room = self.ahead().saturating_sub(outstanding);
+        // With work in progress, claims wait for a batch's worth of room:
+        // one claim per ended attempt would be a statement each.
+        if outstanding > 0 && room < self.batch() {
+            lane.full.store(true, Ordering::Release);
+            room = 0;
+        }
         Ok(Claims::Up(u32::try_from(room).unwrap_or(u32::MAX)))
     }
 
-    /// Resolves when an attempt has ended since the last call.
+    /// Resolves when a lane found full has a batch's worth of room again.
     pub async fn freed(&self) {
         self.freed.notified().await;
     }
@@ -245,10 +268,17 @@ impl Gate {
     /// they were queued. Called where claims are taken in order (not on
     /// the attempts' own tasks, which start in any order).
     pub fn queue(&self, env: Environment) -> Ticket {
+        let lane = self.lane(env);
+        if self.rate.is_none() && lane.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(permit) = Arc::clone(&lane.in_flight).try_acquire_owned() {
+                return Ticket::Ready(permit);
+            }
+        }
         let (place, ticket) = oneshot::channel();
+        lane.queued.fetch_add(1, Ordering::AcqRel);
         // The pacer ends only with the gate, which outlives this call.
-        let _ = self.lane(env).queue.send(place);
-        Ticket(ticket)
+        let _ = lane.queue.send(place);
+        Ticket::Queued(ticket)
     }
 
     /// Waits for the attempt's turn: a place among `env`'s attempts in
@@ -258,8 +288,12 @@ impl Gate {
         if let Some(why) = self.holds(env, probe) {
             return Admit::Hold(why);
         }
-        let Ok(permit) = ticket.0.await else {
-            return Admit::Hold("stopping");
+        let permit = match ticket {
+            Ticket::Ready(permit) => permit,
+            Ticket::Queued(ticket) => match ticket.await {
+                Ok(permit) => permit,
+                Err(_) => return Admit::Hold("stopping"),
+            },
         };
         // A pause may have come while this waited.
         match self.holds(env, probe) {
@@ -414,6 +448,7 @@ async fn pacer(
     let mut next_slot: Option<i64> = None;
     while let Some(mut place) = queue.recv().await {
         let Some(gate) = gate.upgrade() else { return };
+        let _served = Served(&gate.lane(env).queued);
         let in_flight = Arc::clone(&gate.lane(env).in_flight);
         let permit = tokio::select! {
             permit = in_flight.acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -444,16 +479,27 @@ async fn pacer(
     }
 }
 
+/// Counts a queued attempt off once the pacer is done with it, whichever way.
+struct Served<'a>(&'a AtomicUsize);
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One attempt started and not yet recorded (see `Gate::started`).
 pub struct Started(Arc<Gate>, Environment);
 
 impl Drop for Started {
     fn drop(&mut self) {
-        self.0
-            .lane(self.1)
-            .outstanding
-            .fetch_sub(1, Ordering::Relaxed);
-        self.0.freed.notify_one();
+        let gate = &self.0;
+        let lane = gate.lane(self.1);
+        let outstanding = lane.outstanding.fetch_sub(1, Ordering::Relaxed) - 1;
+        let room = gate.ahead().saturating_sub(outstanding);
+        if (room >= gate.batch() || outstanding == 0) && lane.full.swap(false, Ordering::AcqRel) {
+            gate.freed.notify_one();
+        }
     }
 }
 

@@ -146,6 +146,9 @@ pub struct Worker {
     proxy_authorization: [Option<HeaderValue>; 2],
     /// Pause, breaker, `Retry-After`, pace and in-flight cap per environment.
     gate: Arc<Gate>,
+    /// When each environment without keys was last claimed (ms): its
+    /// leftovers are looked for once a `POLL`, not on every round.
+    keyless_looked: Arc<[std::sync::atomic::AtomicI64; 2]>,
 }
 
 impl Worker {
@@ -171,6 +174,7 @@ impl Worker {
             proxy_authorization: [Environment::Sandbox, Environment::Production]
                 .map(|env| config.proxies.authorization_for(config.accelerate_url(env))),
             gate,
+            keyless_looked: Arc::default(),
         })
     }
 
@@ -299,6 +303,14 @@ impl Worker {
         for env in Environment::ALL {
             let left = room - round.claimed.len();
             let now = Timestamp::now();
+            if self.config.credentials(env).is_none() {
+                let looked = &self.keyless_looked[env as usize];
+                let last = looked.load(std::sync::atomic::Ordering::Relaxed);
+                if now.0 - last < POLL.as_millis() as i64 {
+                    continue;
+                }
+                looked.store(now.0, std::sync::atomic::Ordering::Relaxed);
+            }
             let (limit, probe) = match self.gate.claims(env, now).await? {
                 Claims::None => {
                     round.held = true;

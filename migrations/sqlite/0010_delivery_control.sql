@@ -1,8 +1,8 @@
 -- Delivery control, one row per environment, shared by every replica: an
 -- operator's pause, the breaker (consecutive failed attempts, when it
 -- opened, when the fleet's next probe may go), Accelerate's Retry-After,
--- and the pace (the fleet's next free attempt slot). Expand-only: a new
--- table and an index that earlier releases never read.
+-- and the pace (the fleet's next free attempt slot): a new table, and the
+-- due index by environment (below).
 CREATE TABLE environment_controls (
     environment       TEXT    PRIMARY KEY,
     paused_at         INTEGER,                      -- ms since the Unix epoch; NULL: not paused
@@ -15,6 +15,11 @@ CREATE TABLE environment_controls (
 );
 INSERT INTO environment_controls (environment) VALUES ('sandbox'), ('production');
 -- Claims go per environment (one may be paused, paced or open while the
--- other flows), each a range of this index.
+-- other flows), each a range of this index. It replaces deliveries_due
+-- here: one relay process serves an SQLite file, so no older release reads
+-- it meanwhile, and one more index on every event's rows cost a page
+-- written per commit (bench/README.md). An older release rolled back to
+-- still claims correctly, over this index and a sort of the pending rows.
+DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due_by_environment ON deliveries (environment, next_attempt_at)
     WHERE status = 'pending';
