@@ -242,13 +242,18 @@ impl Gate {
             return Ok(if won { Claims::Probe } else { Claims::None });
         }
         let lane = self.lane(env);
-        let outstanding = lane.outstanding.load(Ordering::Relaxed);
+        // Marked full before the count is read: an attempt that ends after
+        // the read then finds the mark and wakes the loop (set after it,
+        // the last attempt's end could pass unseen until the next poll).
+        lane.full.store(true, Ordering::SeqCst);
+        let outstanding = lane.outstanding.load(Ordering::SeqCst);
         let mut room = self.ahead().saturating_sub(outstanding);
         // With work in progress, claims wait for a batch's worth of room:
         // one claim per ended attempt would be a statement each.
         if outstanding > 0 && room < self.batch() {
-            lane.full.store(true, Ordering::Release);
             room = 0;
+        } else {
+            lane.full.store(false, Ordering::SeqCst);
         }
         Ok(Claims::Up(u32::try_from(room).unwrap_or(u32::MAX)))
     }
@@ -495,9 +500,9 @@ impl Drop for Started {
     fn drop(&mut self) {
         let gate = &self.0;
         let lane = gate.lane(self.1);
-        let outstanding = lane.outstanding.fetch_sub(1, Ordering::Relaxed) - 1;
+        let outstanding = lane.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
         let room = gate.ahead().saturating_sub(outstanding);
-        if (room >= gate.batch() || outstanding == 0) && lane.full.swap(false, Ordering::AcqRel) {
+        if (room >= gate.batch() || outstanding == 0) && lane.full.swap(false, Ordering::SeqCst) {
             gate.freed.notify_one();
         }
     }

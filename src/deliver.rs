@@ -6,6 +6,7 @@
 //! delivery: committed, then handed over in memory (inserted already claimed,
 //! while the worker's queue has room) or left to the poller, which is woken.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -148,7 +149,7 @@ pub struct Worker {
     gate: Arc<Gate>,
     /// When each environment without keys was last claimed (ms): its
     /// leftovers are looked for once a `POLL`, not on every round.
-    keyless_looked: Arc<[std::sync::atomic::AtomicI64; 2]>,
+    keyless_looked: Arc<[AtomicI64; 2]>,
 }
 
 impl Worker {
@@ -305,11 +306,11 @@ impl Worker {
             let now = Timestamp::now();
             if self.config.credentials(env).is_none() {
                 let looked = &self.keyless_looked[env as usize];
-                let last = looked.load(std::sync::atomic::Ordering::Relaxed);
+                let last = looked.load(Ordering::Relaxed);
                 if now.0 - last < POLL.as_millis() as i64 {
                     continue;
                 }
-                looked.store(now.0, std::sync::atomic::Ordering::Relaxed);
+                looked.store(now.0, Ordering::Relaxed);
             }
             let (limit, probe) = match self.gate.claims(env, now).await? {
                 Claims::None => {
