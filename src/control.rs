@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore}
 
 use crate::config::Config;
 use crate::event::Environment;
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::store::{AttemptKind, Control, Store, StoreError, Timestamp};
 
@@ -114,6 +115,8 @@ pub struct Gate {
     /// Notified when an attempt ends, so a claim loop waiting on a full
     /// lane looks again.
     freed: Notify,
+    /// Closed when a newer release migrated the database: nothing goes.
+    fence: Arc<Fence>,
 }
 
 impl Gate {
@@ -139,6 +142,7 @@ impl Gate {
             lanes: [lane(sandbox), lane(production)],
             metrics,
             freed: Notify::new(),
+            fence: Arc::default(),
         });
         for (env, queue) in Environment::ALL
             .into_iter()
@@ -170,6 +174,11 @@ impl Gate {
         if let Some(metrics) = &self.metrics {
             metrics.control(env, state.paused, state.breaker_open);
         }
+    }
+
+    /// The upgrade fence every claim, hand-over and attempt here obeys.
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
     }
 
     pub fn rate(&self) -> Option<u32> {
@@ -216,7 +225,8 @@ impl Gate {
     /// Whether the receive path may hand `env`'s new event straight to the
     /// worker (else it waits in the store for a claim).
     pub fn takes_handover(&self, env: Environment) -> bool {
-        self.state(env).flowing(Timestamp::now())
+        !self.fence.closed()
+            && self.state(env).flowing(Timestamp::now())
             && self.lane(env).outstanding.load(Ordering::Relaxed) < self.ahead()
     }
 
@@ -234,7 +244,7 @@ impl Gate {
     /// How many of `env`'s due deliveries the claim loop may take now.
     pub async fn claims(&self, env: Environment, now: Timestamp) -> Result<Claims, StoreError> {
         let state = self.state(env);
-        if state.paused || state.held_until.is_some_and(|t| t > now) {
+        if self.fence.closed() || state.paused || state.held_until.is_some_and(|t| t > now) {
             return Ok(Claims::None);
         }
         if state.breaker_open {
@@ -309,7 +319,9 @@ impl Gate {
 
     fn holds(&self, env: Environment, probe: bool) -> Option<&'static str> {
         let state = self.state(env);
-        if state.paused {
+        if self.fence.closed() {
+            Some("schema_newer")
+        } else if state.paused {
             Some("paused")
         } else if state.held_until.is_some_and(|t| t > Timestamp::now()) {
             Some("retry_after")

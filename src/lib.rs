@@ -14,6 +14,7 @@ pub mod control;
 pub mod deliver;
 pub mod egress;
 pub mod event;
+pub mod fence;
 pub mod http;
 pub mod metrics;
 pub mod operations;
@@ -56,6 +57,7 @@ pub struct Application {
     retention: JoinHandle<()>,
     replays: JoinHandle<()>,
     controls: JoinHandle<()>,
+    fence: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -84,21 +86,9 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let store = Store::open(&config.database, store::Role::Service).await?;
-        match store
-            .convert_authorization(|env| config.credentials(env))
-            .await?
-        {
-            (0, 0) => {}
-            (converted, 0) => tracing::info!(
-                converted,
-                "stored Authorization values replaced by references to the configured keys"
-            ),
-            (converted, left) => tracing::warn!(
-                converted, left,
-                "deliveries of an environment with no keys configured still hold the Authorization \
-                 value they arrived with; set that environment's keys and restart to convert them"
-            ),
-        }
+        // Older rows converted before the first claim; then every few
+        // seconds for as long as this replica runs (`fence`).
+        fence::sweep(&store, &config, true).await?;
         let bind = |var: &'static str, addr| {
             TcpListener::bind(addr).map_err(|source| StartError::Bind { var, addr, source })
         };
@@ -165,6 +155,11 @@ impl Application {
             let (gate, stopped) = (Arc::clone(&gate), stopped.clone());
             move || Arc::clone(&gate).run(stopped.clone())
         });
+        let fence = supervise("upgrade fence", health.clone(), stopped.clone(), {
+            let (fence, store) = (Arc::clone(gate.fence()), store.clone());
+            let (config, stopped) = (Arc::clone(&config), stopped.clone());
+            move || Arc::clone(&fence).run(store.clone(), Arc::clone(&config), stopped.clone())
+        });
         let replays = supervise("replays", health.clone(), stopped.clone(), {
             let (store, wake, stopped) = (store.clone(), Arc::clone(&wake), stopped.clone());
             move || operations::run_replays(store.clone(), Arc::clone(&wake), stopped.clone())
@@ -185,6 +180,7 @@ impl Application {
             .with_gate(Arc::clone(&gate)),
             store: store.clone(),
             health: health.clone(),
+            fence: Arc::clone(gate.fence()),
             throttle: http::guard::Throttle::new(Arc::clone(&metrics)),
             metrics,
             intake: deliver::Intake::new(store.clone(), wake, handoff, config.lease, gate),
@@ -220,6 +216,7 @@ impl Application {
             retention,
             replays,
             controls,
+            fence,
             stop,
         })
     }
@@ -266,6 +263,7 @@ impl Application {
         let _ = self.retention.await;
         let _ = self.replays.await;
         let _ = self.controls.await;
+        let _ = self.fence.await;
         self.store.close().await;
         tracing::info!("accelerate-relay stopped");
         served

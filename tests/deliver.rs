@@ -532,30 +532,60 @@ async fn a_key_removed_while_its_event_waited_is_replaced_by_the_first(backend: 
     app.stop().await;
 }
 
-async fn rows_from_before_key_references_are_converted_at_start(backend: Backend) {
-    let app = patient(backend).await;
-    waiting_with_the_second_key(&app, "evt_legacy").await;
-    // As the previous version wrote it: the value itself, and the marker of 0005.
+/// Makes `id`'s row look as a release before key references wrote it (the
+/// value itself) and before the fence (format 0).
+fn as_an_older_release_wrote_it(backend: Backend, id: &str) -> String {
     let legacy = format!("content-type:application/json\nauthorization:{SANDBOX_AUTH_NEW}\n");
     let blob = hex::encode(legacy.as_bytes());
-    let set = match backend {
-        Backend::Sqlite => format!("UPDATE deliveries SET headers = X'{blob}'"),
-        Backend::Postgres => format!("UPDATE deliveries SET headers = decode('{blob}', 'hex')"),
+    let value = match backend {
+        Backend::Sqlite => format!("X'{blob}'"),
+        Backend::Postgres => format!("decode('{blob}', 'hex')"),
     };
-    let app = app
-        .restart_after(async |db| {
-            db.execute(&set).await;
-            db.execute("INSERT INTO conversions (name) VALUES ('authorization_key_refs')")
-                .await;
-        })
-        .await;
-    let stored = String::from_utf8_lossy(&app.db.headers("evt_legacy").await).into_owned();
+    format!("UPDATE deliveries SET headers = {value}, format = 0 WHERE event_id = '{id}'")
+}
+
+fn assert_converted(stored: &[u8]) {
+    let stored = String::from_utf8_lossy(stored);
     assert_eq!(stored.matches("=authorization:1:").count(), 1, "{stored}");
     assert!(!stored.contains(SANDBOX_AUTH_NEW), "{stored}");
-    assert_eq!(
-        delivered_authorization(&app, "evt_legacy").await,
-        SANDBOX_AUTH_NEW
-    );
+}
+
+/// Rows an older release wrote, before this one started and while it runs
+/// (an older replica beside it during a rolling upgrade): each is converted,
+/// at start or by the sweep within seconds, and delivered with its own key.
+async fn rows_of_an_older_format_are_converted_at_start_and_while_running(backend: Backend) {
+    let app = patient(backend).await;
+    waiting_with_the_second_key(&app, "evt_legacy").await;
+    let set = as_an_older_release_wrote_it(backend, "evt_legacy");
+    let app = app.restart_after(async |db| db.execute(&set).await).await;
+    assert_converted(&app.db.headers("evt_legacy").await);
+
+    // Written while this one runs: no marker to outlive, the sweep finds it.
+    waiting_with_the_second_key(&app, "evt_legacy_late").await;
+    app.db
+        .execute(&as_an_older_release_wrote_it(backend, "evt_legacy_late"))
+        .await;
+    let converted = eventually(Duration::from_secs(10), || async {
+        let stored = app.db.headers("evt_legacy_late").await;
+        !String::from_utf8_lossy(&stored).contains(SANDBOX_AUTH_NEW)
+    })
+    .await;
+    assert!(converted, "converted by the sweep within 10 s");
+    assert_converted(&app.db.headers("evt_legacy_late").await);
+    if backend == Backend::Sqlite {
+        // Neither in freed space nor in the WAL's older frames.
+        let cleared = eventually(Duration::from_secs(5), || async {
+            let files = app.db.sqlite_files();
+            !files
+                .windows(SANDBOX_AUTH_NEW.len())
+                .any(|w| w == SANDBOX_AUTH_NEW.as_bytes())
+        })
+        .await;
+        assert!(cleared, "the key's bytes are gone from the SQLite files");
+    }
+    for id in ["evt_legacy", "evt_legacy_late"] {
+        assert_eq!(delivered_authorization(&app, id).await, SANDBOX_AUTH_NEW);
+    }
     app.stop().await;
 }
 
@@ -756,7 +786,7 @@ on_both_stores!(
     events_beyond_the_workers_queue_are_claimed_from_the_store,
     the_store_names_the_key_and_never_holds_it,
     a_key_removed_while_its_event_waited_is_replaced_by_the_first,
-    rows_from_before_key_references_are_converted_at_start,
+    rows_of_an_older_format_are_converted_at_start_and_while_running,
     retry_after_beyond_any_number_waits_the_cap,
     clean_shutdown_spends_no_attempt_it_never_made,
     attempts_in_flight_never_exceed_the_concurrency,

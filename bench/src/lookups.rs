@@ -345,14 +345,14 @@ async fn fill(url: &str, rows: usize, now: i64) -> anyhow::Result<()> {
              CAST('content-type:application/json' AS {blob}), \
              CASE x % 50 WHEN 1 THEN 'pending' WHEN 2 THEN 'dead' ELSE 'delivered' END, 1, \
              {due}, {start} + x * {step}, \
-             CASE x % 50 WHEN 1 THEN NULL WHEN 2 THEN NULL ELSE {start} + x * {step} END, 200 {from}",
+             CASE x % 50 WHEN 1 THEN NULL WHEN 2 THEN NULL ELSE {start} + x * {step} END, 200, 1 {from}",
             due = now + 365 * DAY_MS,
             start = now - 6 * DAY_MS,
         )
     };
     let insert = "INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, \
          payment_id, body, headers, status, attempts, next_attempt_at, received_at, delivered_at, \
-         last_status) ";
+         last_status, format) ";
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = path.to_owned();
         let sql = format!(

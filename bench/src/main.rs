@@ -556,10 +556,10 @@ async fn prefill_history(url: &str, rows: usize) -> anyhow::Result<()> {
             conn.execute(
                 "WITH RECURSIVE c(x) AS (SELECT ?1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2) \
                  INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, body, headers, \
-                 status, attempts, next_attempt_at, received_at, delivered_at, last_status) \
+                 status, attempts, next_attempt_at, received_at, delivered_at, last_status, format) \
                  SELECT 'sandbox', 'evt_hist_' || x, 'payment_approved', 'tok_acc_hist_' || x, ?3, \
                  CAST('content-type:application/json' AS BLOB), 'delivered', 1, 0, \
-                 CAST(strftime('%s','now') AS INTEGER) * 1000, CAST(strftime('%s','now') AS INTEGER) * 1000, 200 FROM c",
+                 CAST(strftime('%s','now') AS INTEGER) * 1000, CAST(strftime('%s','now') AS INTEGER) * 1000, 200, 1 FROM c",
                 rusqlite::params![start as i64, (start + n - 1) as i64, body],
             )?;
         }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub store: Store,
     /// Which supervised background tasks are down (`/readyz` is 503 then).
     pub health: Health,
+    /// Closed when a newer release migrated the database (`/readyz` is 503).
+    pub fence: Arc<crate::fence::Fence>,
     pub metrics: Arc<Metrics>,
     /// Stores each accepted event and hands it to the delivery worker.
     pub intake: crate::deliver::Intake,

@@ -20,6 +20,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "status": "unavailable", "reason": "background_task", "tasks": down
         }));
     }
+    if let Some(reason) = state.fence.reason() {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "unavailable", "reason": "schema_newer", "message": reason
+        }));
+    }
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
         Err(e) => {

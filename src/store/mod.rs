@@ -28,6 +28,34 @@ pub use replays::{Replay, ReplayId, ReplayRequest, ReplayState, Stepped, STEP_EV
 pub use sessions::{EndedBy, StoredSession};
 pub use sqlite::SqliteStore;
 
+pub use rows::FORMAT;
+
+/// The schema a database holds (its newest migration) beside the newest
+/// this release has: the fence of a rolling upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schema {
+    pub found: u64,
+    pub known: u64,
+}
+
+impl Schema {
+    /// A newer release migrated the database: this one must not deliver
+    /// from it (it cannot know what the newer one stores).
+    pub fn is_newer(&self) -> bool {
+        self.found > self.known
+    }
+
+    /// What an operator reads when this release meets a newer schema.
+    pub fn refusal(&self) -> String {
+        format!(
+            "the database schema is version {}, newer than this release of accelerate-relay knows \
+             (version {}): a newer release has migrated it. Run that release or a newer one; \
+             going back to this release needs the backup taken before the upgrade (README, upgrade notes)",
+            self.found, self.known
+        )
+    }
+}
+
 /// The store the relay runs on, chosen by `RELAY_DATABASE_URL`.
 #[derive(Clone)]
 pub enum Store {
@@ -162,36 +190,32 @@ impl Store {
             .collect())
     }
 
-    /// Replaces the Authorization values that rows from before key references
-    /// still hold (migration 0005) with references to the configured keys
-    /// (`credentials` of the row's environment), page by page; each
-    /// row is rewritten only if unchanged since it was read, so it is safe
-    /// beside other replicas and after a crash halfway. Rows of an
-    /// environment without keys now are left, and the conversion runs again
-    /// at the next start. Returns (converted, left).
-    pub async fn convert_authorization<'c>(
+    /// Converts rows of an older format (written before the fence, or by a
+    /// release before it still running beside this one) to `FORMAT`: an
+    /// Authorization value still held in clear becomes a reference to the
+    /// configured key (`credentials` of the row's environment). Each row is
+    /// rewritten only if unchanged since it was read, so it is safe beside
+    /// other replicas and after a crash halfway; there is no marker, so a row
+    /// an older replica writes later is met by the next sweep. Rows of an
+    /// environment without keys now are left for a later sweep. Returns
+    /// (keys converted, rows left).
+    pub async fn convert_old_formats<'c>(
         &self,
         credentials: impl Fn(Environment) -> Option<&'c Credentials>,
     ) -> Result<(u64, u64), StoreError> {
         const PAGE: i64 = 500;
-        let name = rows::AUTHORIZATION_CONVERSION;
-        let pending = match self {
-            Store::Sqlite(s) => s.conversion_pending(name).await?,
-            Store::Postgres(s) => s.conversion_pending(name).await?,
-        };
-        if !pending {
-            return Ok((0, 0));
-        }
         let (mut converted, mut left, mut after) = (0, 0, 0);
         loop {
             let page = match self {
-                Store::Sqlite(s) => s.headers_page(after, PAGE).await?,
-                Store::Postgres(s) => s.headers_page(after, PAGE).await?,
+                Store::Sqlite(s) => s.old_format_page(after, PAGE).await?,
+                Store::Postgres(s) => s.old_format_page(after, PAGE).await?,
             };
             let Some(last) = page.last() else { break };
             after = last.0;
+            let mut nothing_held = Vec::with_capacity(page.len());
             for (id, environment, raw) in page {
                 let Some(headers) = ForwardHeaders::decode(&raw).filter(|h| h.holds_a_key()) else {
+                    nothing_held.push(id);
                     continue;
                 };
                 let keys = environment.parse().ok().and_then(&credentials);
@@ -208,14 +232,27 @@ impl Store {
                 };
                 converted += u64::from(rewritten);
             }
+            if !nothing_held.is_empty() {
+                match self {
+                    Store::Sqlite(s) => s.mark_format(&nothing_held).await?,
+                    Store::Postgres(s) => s.mark_format(&nothing_held).await?,
+                };
+            }
         }
-        if left == 0 {
-            match self {
-                Store::Sqlite(s) => s.converted(name).await?,
-                Store::Postgres(s) => s.converted(name).await?,
+        if converted > 0 {
+            if let Store::Sqlite(s) = self {
+                s.scrub_wal();
             }
         }
         Ok((converted, left))
+    }
+
+    /// The schema in the database beside the one this release knows.
+    pub async fn schema(&self) -> Result<Schema, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.schema().await,
+            Store::Postgres(s) => s.schema().await,
+        }
     }
 
     /// Gives back a claim whose attempt was never started (a clean shutdown):

@@ -23,7 +23,7 @@ use super::replays::{self, ReplayId, Stepped};
 use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
-    NewEvent, Outcome, Role, StoreError, Timestamp,
+    NewEvent, Outcome, Role, Schema, StoreError, Timestamp,
 };
 use crate::config::DatabaseConfig;
 use crate::event::Environment;
@@ -40,13 +40,18 @@ const GROUPS_IN_FLIGHT: usize = 4;
 /// Inserts a group of events in one statement (one commit, one WAL flush).
 /// Rows that collide with a stored event are skipped; what is inserted comes back.
 /// `l` is the lease end of an event inserted already claimed (see `NewEvent`).
-const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
-     (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
-     leased_until, next_attempt_at, attempts, payment_id) \
-     SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END, p \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-     $5::bytea[], $6::bytea[], $7::int8[], $8::int8[], $9::text[]) AS u(e, i, t, k, b, h, r, l, p) \
-     ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
+static ACCEPT_GROUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO deliveries \
+         (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
+         leased_until, next_attempt_at, attempts, payment_id, format) \
+         SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END, p, {} \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+         $5::bytea[], $6::bytea[], $7::int8[], $8::int8[], $9::text[]) AS u(e, i, t, k, b, h, r, l, p) \
+         ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment",
+        rows::FORMAT
+    )
+});
 
 /// Records a group of outcomes and their attempts in one statement (one
 /// commit); each outcome keeps its own fences (attempt number, lease), as
@@ -102,6 +107,30 @@ pub struct PgStore {
     outcomes: Group<rows::FinishRow, ()>,
 }
 
+/// The newest migration this release embeds.
+fn known_version() -> u64 {
+    MIGRATOR
+        .iter()
+        .map(|m| u64::try_from(m.version).unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest migration recorded in the database (0 before the first).
+async fn applied_version(pool: &PgPool) -> Result<u64, StoreError> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !recorded {
+        return Ok(0);
+    }
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    Ok(newest.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+}
+
 impl PgStore {
     /// Connects and migrates; the migrator holds an advisory lock, so replicas
     /// starting together apply each migration once.
@@ -131,6 +160,13 @@ impl PgStore {
                     "the database has no relay schema; set RELAY_DATABASE_URL to the database the relay runs on".to_owned(),
                 ));
             }
+        }
+        let schema = Schema {
+            found: applied_version(&pool).await?,
+            known: known_version(),
+        };
+        if schema.is_newer() {
+            return Err(StoreError::Unusable(schema.refusal()));
         }
         MIGRATOR.run(&pool).await?;
         let accepts = Group::start("webhooks", {
@@ -219,20 +255,12 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn conversion_pending(&self, name: &'static str) -> Result<bool, StoreError> {
-        let found: Option<i32> = sqlx::query_scalar(rows::CONVERSION_PENDING)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
-    }
-
-    pub async fn headers_page(
+    pub async fn old_format_page(
         &self,
         after: i64,
         limit: i64,
     ) -> Result<Vec<HeadersRow>, StoreError> {
-        Ok(sqlx::query_as(rows::HEADERS_PAGE)
+        Ok(sqlx::query_as(rows::OLD_FORMAT_PAGE)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -245,7 +273,7 @@ impl PgStore {
         old: Vec<u8>,
         new: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(rows::REWRITE_HEADERS)
+        let done = sqlx::query(&rows::REWRITE_HEADERS)
             .bind(id)
             .bind(old)
             .bind(new)
@@ -254,12 +282,22 @@ impl PgStore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn converted(&self, name: &'static str) -> Result<(), StoreError> {
-        sqlx::query(rows::CONVERTED)
-            .bind(name)
+    /// Moves rows that hold nothing to convert to the current format.
+    pub async fn mark_format(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let done = sqlx::query(&rows::MARK_FORMAT_POSTGRES)
+            .bind(ids)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected())
+    }
+
+    /// The newest migration applied to the database (0: none) and the
+    /// newest this release has.
+    pub async fn schema(&self) -> Result<Schema, StoreError> {
+        Ok(Schema {
+            found: applied_version(&self.pool).await?,
+            known: known_version(),
+        })
     }
 
     pub async fn exec(&self, sql: &'static str, params: &[Param]) -> Result<u64, StoreError> {
@@ -655,7 +693,7 @@ async fn insert_events(
     events: &[NewEvent],
 ) -> Result<Vec<Accepted>, StoreError> {
     let text = |f: fn(&NewEvent) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
-    let insert = sqlx::query_as::<_, (i64, String, String)>(ACCEPT_GROUP)
+    let insert = sqlx::query_as::<_, (i64, String, String)>(&ACCEPT_GROUP)
         .bind(text(|e| e.environment.as_str()))
         .bind(text(|e| e.event_id.as_str()))
         .bind(text(|e| e.event_type.as_str()))

@@ -11,15 +11,22 @@ use super::{
 use crate::event::{redact, Environment};
 
 /// `$7` received, `$8` the lease end of an event inserted already claimed
-/// (NULL: due now, for the polling claim), `$9` the payment id (or NULL). The parameters first appear in
-/// order, as SQLite numbers them by appearance.
-pub const ACCEPT: &str = "INSERT INTO deliveries \
-     (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
-     leased_until, next_attempt_at, attempts, payment_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END, $9) \
-     ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
+/// (NULL: due now, for the polling claim), `$9` the payment id (or NULL).
+/// The parameters first appear in order, as SQLite numbers them by
+/// appearance. Rows are written in `FORMAT`.
+pub static ACCEPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO deliveries \
+         (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
+         leased_until, next_attempt_at, attempts, payment_id, format) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END, $9, {FORMAT}) \
+         ON CONFLICT (event_id, environment) DO NOTHING RETURNING id"
+    )
+});
 
 /// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many, `$4` the environment.
+/// Only rows of a format this release knows (the fence: a newer release's
+/// rows wait for a newer replica).
 ///
 /// A claimed row's `next_attempt_at` becomes its lease end, so "due" is one
 /// range of the `deliveries_due_by_environment` index: rows in flight are simply not due yet,
@@ -40,7 +47,7 @@ fn claim_text(lock: &str) -> String {
     format!(
         "UPDATE deliveries SET next_attempt_at = $1, leased_until = $1, attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND environment = $4 \
-         AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3{lock}) \
+         AND next_attempt_at <= $2 AND format <= {FORMAT} ORDER BY next_attempt_at LIMIT $3{lock}) \
          RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at"
     )
 }
@@ -131,16 +138,29 @@ pub const GAUGES: &str = "SELECT environment, \
      UNION ALL SELECT environment, status, received_at FROM deliveries WHERE status = 'dead') AS open \
      GROUP BY environment";
 
-/// The conversion of stored Authorization values into key references (0005).
-pub const AUTHORIZATION_CONVERSION: &str = "authorization_key_refs";
-pub const CONVERSION_PENDING: &str = "SELECT 1 FROM conversions WHERE name = $1";
-pub const CONVERTED: &str = "DELETE FROM conversions WHERE name = $1";
-/// Every row's headers, in id order, a page at a time.
-pub const HEADERS_PAGE: &str =
-    "SELECT id, environment, headers FROM deliveries WHERE id > $1 ORDER BY id LIMIT $2";
+/// The newest store format this release writes and delivers (migration
+/// 0011 lists them). A claim takes no row of a newer one.
+pub const FORMAT: i64 = 1;
+
+/// Rows of an older format, in id order, a page at a time (`$1` after this
+/// id, `$2` how many), through the index of those rows alone.
+pub const OLD_FORMAT_PAGE: &str = "SELECT id, environment, headers FROM deliveries \
+     WHERE format < 1 AND id > $1 ORDER BY id LIMIT $2";
 /// Only while the headers are what was read: a concurrent write wins.
-pub const REWRITE_HEADERS: &str =
-    "UPDATE deliveries SET headers = $3 WHERE id = $1 AND headers = $2";
+pub static REWRITE_HEADERS: LazyLock<String> = LazyLock::new(|| {
+    format!("UPDATE deliveries SET headers = $3, format = {FORMAT} WHERE id = $1 AND headers = $2")
+});
+/// Rows of an older format that hold nothing to convert, moved to `FORMAT`:
+/// SQLite's `$1` is a JSON array of ids, PostgreSQL's an int8 array.
+pub static MARK_FORMAT_SQLITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE deliveries SET format = {FORMAT} WHERE format < {FORMAT} \
+         AND id IN (SELECT value FROM json_each($1))"
+    )
+});
+pub static MARK_FORMAT_POSTGRES: LazyLock<String> = LazyLock::new(|| {
+    format!("UPDATE deliveries SET format = {FORMAT} WHERE format < {FORMAT} AND id = ANY($1)")
+});
 
 /// A delivery's id, environment and stored headers.
 pub type HeadersRow = (i64, String, Vec<u8>);

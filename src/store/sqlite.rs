@@ -22,7 +22,7 @@ use super::rows::{
 };
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
-    NewEvent, Outcome, Role, StoreError, Timestamp,
+    NewEvent, Outcome, Role, Schema, StoreError, Timestamp,
 };
 use crate::event::Environment;
 use crate::supervise::supervise_thread;
@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_find_any_payment.sql"),
     include_str!("../../migrations/sqlite/0009_replays.sql"),
     include_str!("../../migrations/sqlite/0010_delivery_control.sql"),
+    include_str!("../../migrations/sqlite/0011_store_format.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -82,6 +83,8 @@ pub struct SqliteStore {
     /// after a panic.
     threads_up: Arc<[AtomicBool; 2]>,
     closed: Arc<AtomicBool>,
+    /// Set by `scrub_wal`; the checkpointer then truncates the WAL.
+    truncate_wal: Arc<AtomicBool>,
 }
 
 const WRITER: usize = 0;
@@ -119,8 +122,6 @@ enum Op {
         new: Vec<u8>,
         reply: Reply<u64>,
     },
-    /// A conversion finished: its marker deleted.
-    Converted(&'static str, Reply<u64>),
     /// One statement of the operator's side (sessions), answered with the
     /// rows it changed.
     Exec(&'static str, Vec<Param>, Reply<u64>),
@@ -199,15 +200,17 @@ impl SqliteStore {
                 })
             })
             .map_err(|e| StoreError::Unusable(format!("cannot start the writer thread: {e}")))?;
+        let truncate_wal = Arc::new(AtomicBool::new(false));
         let checkpointer = match checkpoints {
             Some(conn) => {
                 let (stop, stopped) = std::sync::mpsc::channel();
                 let up = Arc::clone(&threads_up);
+                let truncate = Arc::clone(&truncate_wal);
                 std::thread::Builder::new()
                     .name("sqlite-checkpoint".into())
                     .spawn(move || {
                         supervise_thread("sqlite checkpointer", &up[CHECKPOINTER], || {
-                            checkpoint_loop(&conn, &stopped)
+                            checkpoint_loop(&conn, &stopped, &truncate)
                         })
                     })
                     .map_err(|e| {
@@ -225,6 +228,7 @@ impl SqliteStore {
             committing,
             threads_up,
             closed,
+            truncate_wal,
         })
     }
 
@@ -340,26 +344,21 @@ impl SqliteStore {
             let n = self.call(|reply| Op::Purge(before, reply)).await?;
             total += n;
             if n < PURGE_CHUNK as u64 {
+                if total > 0 {
+                    self.scrub_wal();
+                }
                 return Ok(total);
             }
         }
     }
 
-    pub async fn conversion_pending(&self, name: &'static str) -> Result<bool, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(rows::CONVERSION_PENDING)?;
-            Ok(stmt.exists([name])?)
-        })
-        .await
-    }
-
-    pub async fn headers_page(
+    pub async fn old_format_page(
         &self,
         after: i64,
         limit: i64,
     ) -> Result<Vec<HeadersRow>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(rows::HEADERS_PAGE)?;
+            let mut stmt = conn.prepare_cached(rows::OLD_FORMAT_PAGE)?;
             let found = stmt.query_map([after, limit], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?;
@@ -385,10 +384,28 @@ impl SqliteStore {
         Ok(n > 0)
     }
 
-    pub async fn converted(&self, name: &'static str) -> Result<(), StoreError> {
-        self.call(|reply| Op::Converted(name, reply))
+    /// The schema version in the file and the newest this release has.
+    pub async fn schema(&self) -> Result<Schema, StoreError> {
+        let found = self.read(|conn| schema_version(conn)).await?;
+        Ok(Schema {
+            found: found as u64,
+            known: MIGRATIONS.len() as u64,
+        })
+    }
+
+    /// Moves rows that hold nothing to convert to the current format.
+    pub async fn mark_format(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let ids = serde_json::to_string(ids).expect("integers serialise");
+        self.exec(rows::MARK_FORMAT_SQLITE.as_str(), vec![Param::Text(ids)])
             .await
-            .map(|_| ())
+    }
+
+    /// Asks the checkpointer to empty the WAL at its next round: after a
+    /// conversion or a purge, the WAL's older frames still hold what was
+    /// rewritten or deleted (`secure_delete` zeroes it in the database's
+    /// pages, not in frames already written).
+    pub fn scrub_wal(&self) {
+        self.truncate_wal.store(true, Ordering::Release);
     }
 
     pub async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
@@ -671,6 +688,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // What is deleted or rewritten (purged events' card holder data, keys
+    // converted to references) is zeroed in the file, not left in free
+    // pages and cells (bench/README.md has its cost).
+    conn.pragma_update(None, "secure_delete", "ON")?;
     // Checkpoints run in the background (below), not on a commit a webhook is
     // waiting for; this is only the backstop.
     conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
@@ -686,11 +707,12 @@ fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Unusable(format!(
-            "the database schema is version {version}, newer than this relay knows ({}); run a newer relay",
-            MIGRATIONS.len()
-        )));
+    let schema = Schema {
+        found: version as u64,
+        known: MIGRATIONS.len() as u64,
+    };
+    if schema.is_newer() {
+        return Err(StoreError::Unusable(schema.refusal()));
     }
     for sql in &MIGRATIONS[version..] {
         tx.execute_batch(sql)?;
@@ -1019,7 +1041,7 @@ fn run_batch(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
 fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
     Ok(match op {
         Op::Accept(event, _) => {
-            let mut stmt = conn.prepare_cached(rows::ACCEPT)?;
+            let mut stmt = conn.prepare_cached(&rows::ACCEPT)?;
             bind(
                 &mut stmt,
                 &[
@@ -1125,12 +1147,9 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
         }
         Op::Rewrite { id, old, new, .. } => Done::Count(execute(
             conn,
-            rows::REWRITE_HEADERS,
+            &rows::REWRITE_HEADERS,
             &[Value::Int(*id), Value::Blob(old), Value::Blob(new)],
         )?),
-        Op::Converted(name, _) => {
-            Done::Count(execute(conn, rows::CONVERTED, &[Value::Text(name)])?)
-        }
         Op::Exec(sql, params, _) => {
             let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
             Done::Count(execute(conn, sql, &values)?)
@@ -1210,7 +1229,6 @@ impl Op {
                 | Op::Purge(_, r)
                 | Op::Release { reply: r, .. }
                 | Op::Rewrite { reply: r, .. }
-                | Op::Converted(_, r)
                 | Op::Exec(_, _, r),
                 Ok(Done::Count(n)),
             ) => send(r, Ok(n)),
@@ -1232,7 +1250,6 @@ impl Op {
                     | Op::Purge(_, r)
                     | Op::Release { reply: r, .. }
                     | Op::Rewrite { reply: r, .. }
-                    | Op::Converted(_, r)
                     | Op::Exec(_, _, r) => send(r, Err(error)),
                     Op::Close(done) => {
                         let _ = done.send(());
@@ -1246,10 +1263,24 @@ impl Op {
 /// Keeps the WAL short without making a committing request wait for it: on
 /// a connection and thread of its own, so neither commits nor reads queue
 /// behind a checkpoint in the relay (only in the disk).
-fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+/// When `truncate` is set, the next round copies the whole WAL into the
+/// database and truncates it to nothing (waiting for the writer, up to the
+/// busy timeout); a round that cannot leaves it set for the next.
+fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>, truncate: &AtomicBool) {
     use std::sync::mpsc::RecvTimeoutError;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let scrub = truncate.swap(false, Ordering::AcqRel);
+        let sql = if scrub {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        // The first column is 1 when the checkpoint could not finish (busy).
+        let done = conn.query_row(sql, [], |row| row.get::<_, i64>(0));
+        if scrub && done.as_ref().map_or(true, |busy| *busy != 0) {
+            truncate.store(true, Ordering::Release);
+        }
+        if let Err(e) = done {
             tracing::debug!(error = %e, "background WAL checkpoint failed; will try again");
         }
     }

@@ -179,14 +179,14 @@ impl TestDb {
             "SELECT CASE WHEN x % 4 = 0 THEN 'production' ELSE 'sandbox' END, 'evt_hist_' || x, \
              'payment_approved', 'tok_acc_hist_' || x || '_0123456789', 'pay_hist_' || x, \
              CAST('{{}}' AS {blob}), CAST('content-type:application/json' AS {blob}), 'delivered', 1, 0, \
-             {start} + CAST(x AS BIGINT) * {step}, {start} + CAST(x AS BIGINT) * {step}, 200",
+             {start} + CAST(x AS BIGINT) * {step}, {start} + CAST(x AS BIGINT) * {step}, 200, 1",
             blob = if self.backend == Backend::Sqlite { "BLOB" } else { "BYTEA" },
             start = now_ms - span_ms,
             step = span_ms / n.max(1),
         );
         let insert = "INSERT INTO deliveries (environment, event_id, event_type, accelerate_token, \
              payment_id, body, headers, status, attempts, next_attempt_at, received_at, delivered_at, \
-             last_status)";
+             last_status, format)";
         match self.backend {
             Backend::Sqlite => {
                 self.execute_sqlite(&format!(
