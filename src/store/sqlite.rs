@@ -386,7 +386,7 @@ impl SqliteStore {
 
     /// The schema version in the file and the newest this release has.
     pub async fn schema(&self) -> Result<Schema, StoreError> {
-        let found = self.read(|conn| schema_version(conn)).await?;
+        let found = self.read(schema_version).await?;
         Ok(Schema {
             found: found as u64,
             known: MIGRATIONS.len() as u64,
