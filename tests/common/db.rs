@@ -87,19 +87,22 @@ impl TestDb {
     }
 
     pub async fn count_rows(&self, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        let sql = sql.as_str();
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// The one integer `sql` answers, read over a connection of the test's own.
+    pub async fn scalar(&self, sql: &str) -> i64 {
         match self.backend {
             Backend::Sqlite => self
                 .sqlite()
                 .query_row(sql, [], |row| row.get(0))
-                .expect("count deliveries"),
+                .expect(sql),
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
                 sqlx::query_scalar(sql)
                     .fetch_one(&mut conn)
                     .await
-                    .expect("count deliveries")
+                    .expect(sql)
             }
         }
     }

@@ -25,6 +25,8 @@ pub struct Received {
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Bytes,
     pub at: Instant,
+    /// The status the mock answered it with.
+    pub answered: u16,
 }
 
 impl Received {
@@ -143,6 +145,16 @@ impl MockAccelerate {
 }
 
 async fn handle(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpResponse {
+    let reply = state
+        .script
+        .lock()
+        .expect("mock lock")
+        .pop_front()
+        .or_else(|| state.default.lock().expect("mock lock").clone())
+        .unwrap_or(Reply::Status(200));
+    let answered = match &reply {
+        Reply::Status(s) | Reply::RetryAfter(s, _) | Reply::Slow(_, s) => *s,
+    };
     state.received.lock().expect("mock lock").push(Received {
         path: req.path().to_owned(),
         headers: req
@@ -152,14 +164,8 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpR
             .collect(),
         body,
         at: Instant::now(),
+        answered,
     });
-    let reply = state
-        .script
-        .lock()
-        .expect("mock lock")
-        .pop_front()
-        .or_else(|| state.default.lock().expect("mock lock").clone())
-        .unwrap_or(Reply::Status(200));
     let status = match reply {
         Reply::Status(s) => s,
         Reply::RetryAfter(s, value) => {

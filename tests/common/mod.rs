@@ -8,6 +8,7 @@ pub mod mock;
 pub mod operator;
 pub mod process;
 pub mod proxy;
+pub mod release;
 pub mod tls;
 
 /// Runs each named `async fn(Backend)` as two tests, `sqlite::NAME` and

@@ -26,39 +26,53 @@ impl RelayProcess {
     /// and waits until it answers `/healthz`.
     /// A `RELAY_LISTEN` in `extra` is where it listens (and is probed).
     pub async fn start(dir: &Path, accelerate_url: &str, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let listen = extra
+        let mut vars: Vec<(String, String)> = [
+            (
+                "RELAY_DATABASE_URL",
+                format!("sqlite://{}", db_path(dir).display()),
+            ),
+            ("CKO_SANDBOX_AUTHORIZATION_KEY", SANDBOX_AUTH.to_owned()),
+            ("CKO_SANDBOX_SIGNATURE_KEY", SANDBOX_SIG.to_owned()),
+            ("ACCELERATE_SANDBOX_URL", accelerate_url.to_owned()),
+            ("RELAY_RETRY_SCHEDULE", ["100ms"; 10].join(",")),
+            ("RELAY_DELIVERY_TIMEOUT_MS", "5000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Self::start_binary(Path::new(BINARY), &dir.join("relay.log"), &vars).await
+    }
+
+    /// `binary` (this build's or another release's) with exactly `vars`
+    /// (later ones win) and `PATH`, appending to `log`, once it answers
+    /// `/healthz`. Without a `RELAY_LISTEN` of a fixed port it gets a free one.
+    pub async fn start_binary(binary: &Path, log: &Path, vars: &[(String, String)]) -> Self {
+        let listen = vars
             .iter()
-            .find(|(k, _)| *k == "RELAY_LISTEN")
-            .map_or_else(|| format!("127.0.0.1:{port}"), |(_, v)| (*v).to_owned());
-        let log = std::fs::OpenOptions::new()
+            .rev()
+            .find(|(k, _)| k == "RELAY_LISTEN")
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.ends_with(":0"))
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("relay.log"))
+            .open(log)
             .expect("log file");
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(binary);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .env("RELAY_LISTEN", &listen)
-            .env(
-                "RELAY_DATABASE_URL",
-                format!("sqlite://{}", db_path(dir).display()),
-            )
-            .env("CKO_SANDBOX_AUTHORIZATION_KEY", SANDBOX_AUTH)
-            .env("CKO_SANDBOX_SIGNATURE_KEY", SANDBOX_SIG)
-            .env("ACCELERATE_SANDBOX_URL", accelerate_url)
-            .env(
-                "RELAY_RETRY_SCHEDULE",
-                "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
-            )
-            .env("RELAY_DELIVERY_TIMEOUT_MS", "5000")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        for (k, v) in extra {
-            command.env(k, v);
-        }
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file);
         let child = command.spawn().expect("start the relay binary");
         let relay = RelayProcess {
             child,
@@ -76,8 +90,9 @@ impl RelayProcess {
         .await;
         assert!(
             up,
-            "the relay did not come up; see {}",
-            dir.join("relay.log").display()
+            "{} did not come up; see {}",
+            binary.display(),
+            log.display()
         );
         relay
     }
