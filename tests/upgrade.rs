@@ -165,6 +165,18 @@ async fn sqlite_in_place_from_the_release_before_the_fence() {
     let old = fleet.start(&previous, "previous").await;
     fleet.send(&old, "in_place", 20).await;
     stop(old).await;
+    // This release's command beside an older relay's file leaves it as it is.
+    let (ok, _, said) =
+        common::process::operator_command(fleet.db.dir.path(), &["deliveries", "list"]);
+    assert!(
+        !ok && said.contains("older than this command knows (version 11)"),
+        "{said}"
+    );
+    assert_eq!(
+        fleet.db.scalar("PRAGMA user_version").await,
+        10,
+        "not migrated by a command"
+    );
 
     fleet.sandbox.set_default(Reply::Status(200));
     let new = fleet.start(Path::new(BINARY), "current").await;
@@ -321,6 +333,36 @@ async fn a_newer_schema_stops_delivery_and_then_start(backend: Backend) {
     );
 }
 
+/// A row a newer release wrote (a format this build does not know) is never
+/// claimed: it waits for a replica that knows it.
+async fn a_row_of_a_newer_format_is_never_claimed(backend: Backend) {
+    let mut fleet = Fleet::new(backend).await;
+    fleet.sandbox.set_default(Reply::Status(503));
+    let relay = fleet.start(Path::new(BINARY), "current").await;
+    fleet.send(&relay, "newer_format", 1).await;
+    fleet
+        .db
+        .execute("UPDATE deliveries SET format = 2 WHERE event_id = 'evt_newer_format_0'")
+        .await;
+    // An attempt claimed before the update may still end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.sandbox.set_default(Reply::Status(200));
+    let before = fleet.sandbox.received().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fleet.sandbox.received().len(), before, "not claimed");
+    assert_eq!(
+        fleet.db.status("evt_newer_format_0").await.as_deref(),
+        Some("pending")
+    );
+    // As if a replica of that release took it: now a format this one knows.
+    fleet
+        .db
+        .execute("UPDATE deliveries SET format = 1 WHERE event_id = 'evt_newer_format_0'")
+        .await;
+    fleet.delivered_once_with_their_own_keys().await;
+    stop(relay).await;
+}
+
 /// Retention's purge leaves none of the purged events' card holder data in
 /// the SQLite files: not in free pages (`secure_delete`), not in the WAL.
 #[tokio::test]
@@ -377,12 +419,22 @@ async fn a_purge_leaves_no_card_holder_data_in_the_sqlite_files() {
 
 mod sqlite {
     #[tokio::test]
+    async fn a_row_of_a_newer_format_is_never_claimed() {
+        super::a_row_of_a_newer_format_is_never_claimed(super::Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
     async fn a_newer_schema_stops_delivery_and_then_start() {
         super::a_newer_schema_stops_delivery_and_then_start(super::Backend::Sqlite).await;
     }
 }
 
 mod postgres {
+    #[tokio::test]
+    async fn a_row_of_a_newer_format_is_never_claimed() {
+        super::a_row_of_a_newer_format_is_never_claimed(super::Backend::Postgres).await;
+    }
+
     #[tokio::test]
     async fn a_newer_schema_stops_delivery_and_then_start() {
         super::a_newer_schema_stops_delivery_and_then_start(super::Backend::Postgres).await;

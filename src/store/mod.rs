@@ -45,12 +45,25 @@ impl Schema {
         self.found > self.known
     }
 
+    /// An operator's command never migrates: on SQLite that would close the
+    /// fence under the running relay, which is of the older release.
+    pub fn older_for_a_command(&self) -> Option<String> {
+        (self.found < self.known).then(|| {
+            format!(
+                "the database schema is version {}, older than this command knows (version {}): \
+                 the relay on it runs an older release. Use that release's command, or upgrade \
+                 the relay first (it migrates the database when it starts)",
+                self.found, self.known
+            )
+        })
+    }
+
     /// What an operator reads when this release meets a newer schema.
     pub fn refusal(&self) -> String {
         format!(
             "the database schema is version {}, newer than this release of accelerate-relay knows \
              (version {}): a newer release has migrated it. Run that release or a newer one; \
-             going back to this release needs the backup taken before the upgrade (README, upgrade notes)",
+             to go back to this release, follow the README's upgrade notes (rolling back)",
             self.found, self.known
         )
     }

@@ -168,6 +168,12 @@ impl PgStore {
         if schema.is_newer() {
             return Err(StoreError::Unusable(schema.refusal()));
         }
+        if let Some(older) = (role == Role::Tool)
+            .then(|| schema.older_for_a_command())
+            .flatten()
+        {
+            return Err(StoreError::Unusable(older));
+        }
         MIGRATOR.run(&pool).await?;
         let accepts = Group::start("webhooks", {
             let pool = pool.clone();

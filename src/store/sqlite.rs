@@ -159,6 +159,15 @@ impl SqliteStore {
                         path.display()
                     )));
                 }
+                if role == Role::Tool {
+                    let schema = Schema {
+                        found: schema_version(&conn)? as u64,
+                        known: MIGRATIONS.len() as u64,
+                    };
+                    if let Some(older) = schema.older_for_a_command() {
+                        return Err(StoreError::Unusable(older));
+                    }
+                }
                 migrate(&mut conn)?;
                 if role == Role::Service {
                     // One process owns this file (the lock above), so no attempt is
