@@ -223,6 +223,18 @@ fn check_config() -> anyhow::Result<()> {
     let config = Config::from_env().context("configuration error")?;
     println!("listen:               {}", config.listen);
     println!("database:             {}", config.database.display_url());
+    println!(
+        "stored at rest:       {}",
+        config.database.store_key.as_ref().map_or_else(
+            || "IN CLEAR: bodies (card holder data) and headers are stored as received \
+                (RELAY_STORE_KEY not set)"
+                .to_owned(),
+            |keys| format!(
+                "sealed (XChaCha20-Poly1305), RELAY_STORE_KEY {}",
+                keys.masked()
+            )
+        )
+    );
     for env in config.environments() {
         let creds = config
             .credentials(env)

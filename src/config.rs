@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use crate::egress::{CaBundle, Proxies, ProxyUrl};
 use crate::event::Environment;
 use crate::retry::RetrySchedule;
+use crate::seal::StoreKeys;
 use crate::secret::{KeyRing, Secret};
 use crate::source::{parse_networks, SourcePolicy};
 use crate::tls::TlsFiles;
@@ -93,6 +95,8 @@ pub struct DatabaseConfig {
     pub url: Secret,
     pub pool_size: u32,
     pub statement_timeout: Duration,
+    /// `RELAY_STORE_KEY`; `None`: bodies and headers are stored in clear.
+    pub store_key: Option<Arc<StoreKeys>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +176,7 @@ struct Raw {
     relay_tls_key: Option<String>,
     relay_admin_tls_cert: Option<String>,
     relay_admin_tls_key: Option<String>,
+    relay_store_key: Option<String>,
 }
 
 impl Config {
@@ -363,6 +368,12 @@ impl Raw {
                 5_000,
                 limit::TIMEOUT_MS,
             )?,
+            store_key: self
+                .relay_store_key
+                .as_deref()
+                .map(|v| StoreKeys::parse(v).map(Arc::new))
+                .transpose()
+                .map_err(|reason| invalid("RELAY_STORE_KEY", reason))?,
         })
     }
 
@@ -896,6 +907,7 @@ mod tests {
                 url: Secret::new(url),
                 pool_size: 1,
                 statement_timeout: Duration::from_secs(1),
+                store_key: None,
             };
             assert_eq!(c.display_url(), shown);
         }

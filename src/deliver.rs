@@ -27,6 +27,7 @@ use crate::egress::{self, Connector};
 use crate::event::Environment;
 use crate::metrics::Metrics;
 use crate::retry::{next_wait, parse_retry_after, RetrySchedule};
+use crate::seal::SealError;
 use crate::secret::Secret;
 use crate::store::{
     Accepted, AttemptKind, AttemptRecord, Claimed, DeliveryId, Forward, NewEvent, Outcome, Store,
@@ -524,6 +525,9 @@ impl Worker {
     }
 
     async fn attempt(&self, claim: &Claimed) -> Answer {
+        if let Some(e) = &claim.unopened {
+            return Answer::unopened(e);
+        }
         let url = self.config.accelerate_url(claim.environment);
         let mut request = http::Request::post(url.clone());
         for (name, value) in claim.headers.iter() {
@@ -688,6 +692,16 @@ impl Answer {
                 "not sent: {environment} has no Authorization key configured; set {var} (and its \
                  signature key) and retry the delivery"
             )),
+            retry_after: None,
+        }
+    }
+
+    /// Nothing sent: the stored body or headers did not open (`seal`).
+    fn unopened(e: &SealError) -> Self {
+        Answer {
+            status: None,
+            kind: AttemptKind::Other,
+            error: Some(format!("not sent: {e}")),
             retry_after: None,
         }
     }

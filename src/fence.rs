@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Schema, Store, StoreError};
 
 /// How often the schema is looked at and older rows are swept: the bound on
@@ -24,11 +25,19 @@ use crate::store::{Schema, Store, StoreError};
 /// replica wrote keeps a key in clear (plus the sweep's own time).
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// Most rows sealed (or moved to a new store key) per sweep: 1,000 a second,
+/// so converting or rotating a large store never crowds out the webhooks.
+pub const SEAL_PER_ROUND: u64 = 2_000;
+
 /// Whether the database has moved past this release.
 #[derive(Default)]
 pub struct Fence {
+    /// Read on every claim and hand-over: an atomic beside the schema it
+    /// was decided from, so the hot path takes no lock.
     newer: AtomicBool,
     schema: Mutex<Option<Schema>>,
+    /// The warning about rows left in an older format was given.
+    warned_left: AtomicBool,
 }
 
 impl Fence {
@@ -69,16 +78,21 @@ impl Fence {
         }
     }
 
-    /// Looks at the schema and sweeps older rows every `CHECK_EVERY` until
-    /// `stop`.
+    /// Sweeps once, then every `CHECK_EVERY` looks at the schema and sweeps
+    /// again, until `stop`. (`Application::build` made the first sweep
+    /// before the first claim.)
     pub async fn run(
         self: Arc<Self>,
         store: Store,
         config: Arc<Config>,
+        metrics: Option<Arc<Metrics>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut warned_left = false;
         while !*stop.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = stop.changed() => continue,
+            }
             match store.schema().await {
                 Ok(schema) => self.saw(schema),
                 Err(e) => {
@@ -86,40 +100,57 @@ impl Fence {
                 }
             }
             if !self.closed() {
-                match sweep(&store, &config, !warned_left).await {
-                    Ok(left) => warned_left = left > 0,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not convert older stored rows; trying again soon")
-                    }
+                if let Err(e) = self.sweep(&store, &config, metrics.as_deref()).await {
+                    tracing::warn!(error = %e, "could not convert older stored rows; trying again soon");
                 }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
-                _ = stop.changed() => {}
             }
         }
     }
-}
 
-/// Converts every row of an older format the configured keys allow;
-/// returns how many are left (their environment has no keys now). A warning
-/// about those is logged when `warn_left`.
-pub async fn sweep(store: &Store, config: &Config, warn_left: bool) -> Result<u64, StoreError> {
-    let (converted, left) = store
-        .convert_old_formats(|env| config.credentials(env))
-        .await?;
-    if converted > 0 {
-        tracing::info!(
-            converted,
-            "stored Authorization values replaced by references to the configured keys"
-        );
+    /// Converts the rows of an older format the configured keys allow and,
+    /// with `RELAY_STORE_KEY`, seals up to `SEAL_PER_ROUND` rows not yet
+    /// sealed with its first key. Rows of an environment with no keys now
+    /// are warned about once, until they are converted.
+    pub async fn sweep(
+        &self,
+        store: &Store,
+        config: &Config,
+        metrics: Option<&Metrics>,
+    ) -> Result<(), StoreError> {
+        let credentials = |env| config.credentials(env);
+        let (converted, left) = match store.keys() {
+            Some(keys) => {
+                let round = store.seal_round(keys, credentials, SEAL_PER_ROUND).await?;
+                if round.sealed > 0 {
+                    tracing::info!(
+                        sealed = round.sealed,
+                        left = round.left,
+                        key = %keys.current(),
+                        "stored bodies and headers sealed with the first RELAY_STORE_KEY"
+                    );
+                }
+                if let Some(metrics) = metrics {
+                    metrics.sealing(round.sealed, round.left);
+                }
+                (0, round.waiting_for_credentials)
+            }
+            None => store.convert_old_formats(credentials).await?,
+        };
+        if converted > 0 {
+            tracing::info!(
+                converted,
+                "stored Authorization values replaced by references to the configured keys"
+            );
+        }
+        if left > 0 && !self.warned_left.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                left,
+                "deliveries of an environment with no keys configured still hold the Authorization \
+                 value they arrived with; set that environment's keys to convert them"
+            );
+        } else if left == 0 {
+            self.warned_left.store(false, Ordering::Release);
+        }
+        Ok(())
     }
-    if left > 0 && warn_left {
-        tracing::warn!(
-            left,
-            "deliveries of an environment with no keys configured still hold the Authorization \
-             value they arrived with; set that environment's keys to convert them"
-        );
-    }
-    Ok(left)
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod operations;
 pub mod retention;
 pub mod retry;
+pub mod seal;
 pub mod secret;
 pub mod source;
 pub mod store;
@@ -86,9 +87,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let store = Store::open(&config.database, store::Role::Service).await?;
-        // Older rows converted before the first claim; then every few
-        // seconds for as long as this replica runs (`fence`).
-        fence::sweep(&store, &config, true).await?;
+        refuse_missing_store_keys(&store).await?;
         let bind = |var: &'static str, addr| {
             TcpListener::bind(addr).map_err(|source| StartError::Bind { var, addr, source })
         };
@@ -129,6 +128,9 @@ impl Application {
         // Room for a round of attempts: beyond it, events go to the poller.
         let (handoff, handed) = tokio::sync::mpsc::channel(config.delivery_concurrency);
         let gate = control::Gate::new(&config, store.clone(), Some(Arc::clone(&metrics)));
+        // Older rows converted before the first claim; then every few
+        // seconds for as long as this replica runs (`fence`).
+        gate.fence().sweep(&store, &config, Some(&metrics)).await?;
         // The controls as stored, before the first claim or hand-over.
         if let Err(e) = gate.refresh().await {
             tracing::warn!(error = %e, "could not read the delivery controls at start; reading them again every 250 ms");
@@ -158,7 +160,11 @@ impl Application {
         let fence = supervise("upgrade fence", health.clone(), stopped.clone(), {
             let (fence, store) = (Arc::clone(gate.fence()), store.clone());
             let (config, stopped) = (Arc::clone(&config), stopped.clone());
-            move || Arc::clone(&fence).run(store.clone(), Arc::clone(&config), stopped.clone())
+            let metrics = Arc::clone(&metrics);
+            move || {
+                let metrics = Some(Arc::clone(&metrics));
+                Arc::clone(&fence).run(store.clone(), Arc::clone(&config), metrics, stopped.clone())
+            }
         });
         let replays = supervise("replays", health.clone(), stopped.clone(), {
             let (store, wake, stopped) = (store.clone(), Arc::clone(&wake), stopped.clone());
@@ -268,4 +274,36 @@ impl Application {
         tracing::info!("accelerate-relay stopped");
         served
     }
+}
+
+/// Every sealed row must have its key configured: a relay that started
+/// without it would let them go dead one by one. Says which key ids are
+/// missing and how many rows each holds, and what to do.
+async fn refuse_missing_store_keys(store: &Store) -> Result<(), StoreError> {
+    let keys = store.keys();
+    match keys {
+        Some(keys) => tracing::info!(
+            store_key = %keys.current(),
+            "bodies and headers are sealed at rest with RELAY_STORE_KEY"
+        ),
+        None => tracing::warn!(
+            "RELAY_STORE_KEY is not set: bodies (card holder data) and headers are stored in \
+             clear; set it to a 256-bit key (`openssl rand -hex 32`) from a secret to seal them"
+        ),
+    }
+    let missing = store.keys_missing(keys).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = missing
+        .iter()
+        .map(|(key, rows)| format!("{key} ({rows} deliveries)"))
+        .collect();
+    Err(StoreError::Unusable(format!(
+        "the store holds deliveries sealed with store keys RELAY_STORE_KEY does not hold: {}. \
+         Add those keys to RELAY_STORE_KEY after the first (`accelerate-relay check-config` \
+         shows the ids of the keys given), or, if they were dropped on purpose, purge those \
+         deliveries first",
+        listed.join(", ")
+    )))
 }

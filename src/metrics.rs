@@ -30,6 +30,8 @@ pub const ADMIN_REFUSED: &str = "accelerate_relay_admin_auth_refused_total";
 pub const PAUSED: &str = "accelerate_relay_environment_paused";
 pub const BREAKER_OPEN: &str = "accelerate_relay_breaker_open";
 pub const PACED: &str = "accelerate_relay_delivery_paced_total";
+pub const TO_SEAL: &str = "accelerate_relay_store_rows_to_seal";
+pub const SEALED: &str = "accelerate_relay_store_rows_sealed_total";
 
 /// Why an admin request or a console sign-in was refused: a wrong or
 /// missing token, or an address that guessed too often and must wait.
@@ -97,6 +99,9 @@ pub struct Metrics {
     paced: [Counter; 2],
     /// Per-minute counts of the same events, for the console's chart.
     pub activity: Activity,
+    /// Registered at the first sweep with `RELAY_STORE_KEY`: without a key
+    /// there is nothing to seal, and a 0 would say all is sealed.
+    sealing: std::sync::OnceLock<(Gauge, Counter)>,
 }
 
 impl Metrics {
@@ -228,8 +233,21 @@ impl Metrics {
                 .map(|e| r.gauge(BREAKER_OPEN, &[("environment", e.as_str())])),
             paced: per_env(&|env| r.counter(PACED, &[("environment", env)])),
             activity: Activity::default(),
+            sealing: std::sync::OnceLock::new(),
             recorder,
         })
+    }
+
+    /// A sealing round: rows it sealed, rows still not sealed with the first key.
+    pub fn sealing(&self, sealed: u64, left: u64) {
+        let (to_seal, total) = self.sealing.get_or_init(|| {
+            let r = Registrar(&self.recorder);
+            r.describe_gauge(TO_SEAL, "Stored deliveries not yet sealed with the first RELAY_STORE_KEY (in clear, or sealed with an older key); the sweep seals up to 1,000 a second. Only with RELAY_STORE_KEY.");
+            r.describe_counter(SEALED, "Stored deliveries this replica sealed, or moved to the first RELAY_STORE_KEY after a rotation.");
+            (r.gauge(TO_SEAL, &[]), r.counter(SEALED, &[]))
+        });
+        to_seal.set(left as f64);
+        total.increment(sealed);
     }
 
     /// The expiry gauge of a listener that serves TLS (`webhooks`, `admin`);

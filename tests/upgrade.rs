@@ -342,7 +342,7 @@ async fn a_row_of_a_newer_format_is_never_claimed(backend: Backend) {
     fleet.send(&relay, "newer_format", 1).await;
     fleet
         .db
-        .execute("UPDATE deliveries SET format = 2 WHERE event_id = 'evt_newer_format_0'")
+        .execute("UPDATE deliveries SET format = 3 WHERE event_id = 'evt_newer_format_0'")
         .await;
     // An attempt claimed before the update may still end.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -112,6 +112,7 @@ async fn one_store(
             url: Secret::new(url),
             pool_size: 2,
             statement_timeout: Duration::from_secs(30),
+            store_key: None,
         },
         Role::Tool,
     )

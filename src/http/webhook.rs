@@ -335,6 +335,7 @@ async fn receive(
         headers: forward_headers(headers, authorization),
         received_at,
         leased_until: None,
+        sealed: None,
     };
     Ok(match state.intake.accept(new).await? {
         Accepted::New(delivery_id) => Answer::Accepted {

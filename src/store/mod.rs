@@ -5,6 +5,7 @@
 //! lease (`claim_due`), so an attempt cut short by a crash is simply claimed again
 //! once the lease runs out.
 
+mod at_rest;
 mod controls;
 mod postgres;
 mod replays;
@@ -12,6 +13,7 @@ mod rows;
 mod sessions;
 mod sqlite;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,8 +22,10 @@ use bytes::Bytes;
 
 use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType, PaymentId};
+use crate::seal::{Column, KeyId, SealError, StoreKeys};
 use crate::verify::{Credentials, KeyRef};
 
+pub use at_rest::Sealing;
 pub use controls::Control;
 pub use postgres::PgStore;
 pub use replays::{Replay, ReplayId, ReplayRequest, ReplayState, Stepped, STEP_EVERY, STEP_SIZE};
@@ -82,14 +86,18 @@ impl Store {
     pub async fn open(config: &DatabaseConfig, role: Role) -> Result<Self, StoreError> {
         let url = config.url.expose();
         if url.starts_with("sqlite:") {
-            return Ok(Store::Sqlite(SqliteStore::open(url, role).await?));
+            let keys = config.store_key.clone();
+            return Ok(Store::Sqlite(SqliteStore::open(url, role, keys).await?));
         }
         Ok(Store::Postgres(PgStore::open(config, role).await?))
     }
 
     /// Stores a new event with its pending delivery, or reports that its id was
     /// already accepted for this environment. `Ok` means committed to disk.
-    pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
+    pub async fn accept(&self, mut event: NewEvent) -> Result<Accepted, StoreError> {
+        if let Some(keys) = self.keys() {
+            event.sealed = Some(Sealed::of(&event, keys));
+        }
         match self {
             Store::Sqlite(s) => s.accept(event).await,
             Store::Postgres(s) => s.accept(event).await,
@@ -105,9 +113,22 @@ impl Store {
         environment: Environment,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
+        let found = match self {
+            Store::Sqlite(s) => s.claim_due(now, lease, environment, limit).await?,
+            Store::Postgres(s) => s.claim_due(now, lease, environment, limit).await?,
+        };
+        let keys = self.keys();
+        found
+            .into_iter()
+            .map(|row| row.into_claimed(keys))
+            .collect()
+    }
+
+    /// `RELAY_STORE_KEY`, when set.
+    pub fn keys(&self) -> Option<&StoreKeys> {
         match self {
-            Store::Sqlite(s) => s.claim_due(now, lease, environment, limit).await,
-            Store::Postgres(s) => s.claim_due(now, lease, environment, limit).await,
+            Store::Sqlite(s) => s.keys.as_deref(),
+            Store::Postgres(s) => s.keys.as_deref(),
         }
     }
 
@@ -639,9 +660,59 @@ pub struct NewEvent {
     /// attempt. If that process dies, the lease runs out and the polling
     /// claim takes the row, as for any attempt cut short.
     pub leased_until: Option<Timestamp>,
+    /// Body and headers as sealed for the store, when `RELAY_STORE_KEY` is
+    /// set (done by `Store::accept`, off the SQLite writer's thread).
+    pub sealed: Option<Sealed>,
+}
+
+/// An event's body and headers sealed with the store key `by` (`seal`).
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    body: Vec<u8>,
+    headers: Vec<u8>,
+    by: KeyId,
+}
+
+impl Sealed {
+    fn of(event: &NewEvent, keys: &StoreKeys) -> Self {
+        let seal = |column, value: &[u8]| {
+            keys.seal(column, event.environment, event.event_id.as_str(), value)
+        };
+        Sealed {
+            body: seal(Column::Body, &event.body),
+            headers: seal(Column::Headers, &event.headers.encode()),
+            by: keys.current(),
+        }
+    }
 }
 
 impl NewEvent {
+    /// The body as it rests in the store.
+    pub fn stored_body(&self) -> &[u8] {
+        self.sealed.as_ref().map_or(&self.body, |s| &s.body)
+    }
+
+    /// The headers as they rest in the store.
+    pub fn stored_headers(&self) -> Cow<'_, [u8]> {
+        match &self.sealed {
+            Some(s) => Cow::Borrowed(&s.headers),
+            None => Cow::Owned(self.headers.encode()),
+        }
+    }
+
+    /// The row's store format (`rows::FORMAT_*`).
+    pub fn format(&self) -> i64 {
+        match self.sealed {
+            Some(_) => rows::FORMAT_SEALED,
+            None => rows::FORMAT_CLEAR,
+        }
+    }
+
+    /// The key id recorded beside a sealed row.
+    pub fn sealed_by(&self) -> Option<String> {
+        self.sealed.as_ref().map(|s| s.by.to_string())
+    }
+
     /// The claim of the first attempt of this event when it is inserted
     /// leased (`leased_until`) as delivery `id`.
     pub fn first_claim(&self, id: DeliveryId) -> Claimed {
@@ -654,6 +725,7 @@ impl NewEvent {
             attempt: 1,
             schedule_attempt: 1,
             received_at: self.received_at,
+            unopened: None,
         }
     }
 }
@@ -677,6 +749,8 @@ pub struct Claimed {
     /// The attempt's place in the retry schedule; restarts after a manual retry.
     pub schedule_attempt: u32,
     pub received_at: Timestamp,
+    /// Why its stored body or headers did not open (`seal`): nothing to send.
+    pub unopened: Option<SealError>,
 }
 
 /// How an attempt ended.

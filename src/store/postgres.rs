@@ -27,6 +27,7 @@ use super::{
 };
 use crate::config::DatabaseConfig;
 use crate::event::Environment;
+use crate::seal::StoreKeys;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -40,18 +41,14 @@ const GROUPS_IN_FLIGHT: usize = 4;
 /// Inserts a group of events in one statement (one commit, one WAL flush).
 /// Rows that collide with a stored event are skipped; what is inserted comes back.
 /// `l` is the lease end of an event inserted already claimed (see `NewEvent`).
-static ACCEPT_GROUP: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO deliveries \
-         (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
-         leased_until, next_attempt_at, attempts, payment_id, format) \
-         SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END, p, {} \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-         $5::bytea[], $6::bytea[], $7::int8[], $8::int8[], $9::text[]) AS u(e, i, t, k, b, h, r, l, p) \
-         ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment",
-        rows::FORMAT
-    )
-});
+const ACCEPT_GROUP: &str = "INSERT INTO deliveries \
+     (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
+     leased_until, next_attempt_at, attempts, payment_id, format, sealed_by) \
+     SELECT e, i, t, k, b, h, r, l, COALESCE(l, r), CASE WHEN l IS NULL THEN 0 ELSE 1 END, p, f, s \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::bytea[], $6::bytea[], $7::int8[], $8::int8[], $9::text[], $10::int8[], $11::text[]) \
+     AS u(e, i, t, k, b, h, r, l, p, f, s) \
+     ON CONFLICT (event_id, environment) DO NOTHING RETURNING id, event_id, environment";
 
 /// Records a group of outcomes and their attempts in one statement (one
 /// commit); each outcome keeps its own fences (attempt number, lease), as
@@ -105,6 +102,8 @@ pub struct PgStore {
     timeout: Duration,
     accepts: Group<NewEvent, Accepted>,
     outcomes: Group<rows::FinishRow, ()>,
+    /// `RELAY_STORE_KEY`, when set.
+    pub(super) keys: Option<Arc<StoreKeys>>,
 }
 
 /// The newest migration this release embeds.
@@ -189,6 +188,7 @@ impl PgStore {
             timeout,
             accepts,
             outcomes,
+            keys: config.store_key.clone(),
         })
     }
 
@@ -204,15 +204,15 @@ impl PgStore {
         lease: Duration,
         environment: Environment,
         limit: u32,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        let found: Vec<ClaimRow> = sqlx::query_as(rows::claim_sql(true))
+    ) -> Result<Vec<ClaimRow>, StoreError> {
+        sqlx::query_as(rows::claim_sql(true))
             .bind(now.plus(lease).0)
             .bind(now.0)
             .bind(i64::from(limit))
             .bind(environment.as_str())
             .fetch_all(&self.pool)
-            .await?;
-        found.into_iter().map(Claimed::try_from).collect()
+            .await
+            .map_err(StoreError::from)
     }
 
     /// Outcomes are committed in groups too: without, each was a WAL flush of
@@ -699,7 +699,7 @@ async fn insert_events(
     events: &[NewEvent],
 ) -> Result<Vec<Accepted>, StoreError> {
     let text = |f: fn(&NewEvent) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
-    let insert = sqlx::query_as::<_, (i64, String, String)>(&ACCEPT_GROUP)
+    let insert = sqlx::query_as::<_, (i64, String, String)>(ACCEPT_GROUP)
         .bind(text(|e| e.environment.as_str()))
         .bind(text(|e| e.event_id.as_str()))
         .bind(text(|e| e.event_type.as_str()))
@@ -707,13 +707,13 @@ async fn insert_events(
         .bind(
             events
                 .iter()
-                .map(|e| e.body.as_ref())
+                .map(|e| e.stored_body())
                 .collect::<Vec<&[u8]>>(),
         )
         .bind(
             events
                 .iter()
-                .map(|e| e.headers.encode())
+                .map(|e| e.stored_headers().into_owned())
                 .collect::<Vec<Vec<u8>>>(),
         )
         .bind(events.iter().map(|e| e.received_at.0).collect::<Vec<i64>>())
@@ -728,6 +728,13 @@ async fn insert_events(
                 .iter()
                 .map(|e| e.payment_id.as_ref().map(|p| p.as_str()))
                 .collect::<Vec<Option<&str>>>(),
+        )
+        .bind(events.iter().map(NewEvent::format).collect::<Vec<i64>>())
+        .bind(
+            events
+                .iter()
+                .map(NewEvent::sealed_by)
+                .collect::<Vec<Option<String>>>(),
         )
         .fetch_all(pool);
     let mut ids: HashMap<(String, String), i64> = bounded(timeout, insert)

@@ -9,20 +9,19 @@ use super::{
     ListFilter, Outcome, StoreError, Timestamp,
 };
 use crate::event::{redact, Environment};
+use crate::seal::{self, Column, StoreKeys};
 
 /// `$7` received, `$8` the lease end of an event inserted already claimed
-/// (NULL: due now, for the polling claim), `$9` the payment id (or NULL).
+/// (NULL: due now, for the polling claim), `$9` the payment id (or NULL),
+/// `$10` the row's format (`FORMAT_CLEAR` or `FORMAT_SEALED`), `$11` the
+/// store key that sealed body and headers (NULL: in clear).
 /// The parameters first appear in order, as SQLite numbers them by
-/// appearance. Rows are written in `FORMAT`.
-pub static ACCEPT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO deliveries \
-         (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
-         leased_until, next_attempt_at, attempts, payment_id, format) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END, $9, {FORMAT}) \
-         ON CONFLICT (event_id, environment) DO NOTHING RETURNING id"
-    )
-});
+/// appearance.
+pub const ACCEPT: &str = "INSERT INTO deliveries \
+     (environment, event_id, event_type, accelerate_token, body, headers, received_at, \
+     leased_until, next_attempt_at, attempts, payment_id, format, sealed_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($8, $7), CASE WHEN $8 IS NULL THEN 0 ELSE 1 END, $9, $10, $11) \
+     ON CONFLICT (event_id, environment) DO NOTHING RETURNING id";
 
 /// Leases due deliveries: `$1` lease end, `$2` now, `$3` how many, `$4` the environment.
 /// Only rows of a format this release knows (the fence: a newer release's
@@ -48,7 +47,7 @@ fn claim_text(lock: &str) -> String {
         "UPDATE deliveries SET next_attempt_at = $1, leased_until = $1, attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND environment = $4 \
          AND next_attempt_at <= $2 AND format <= {FORMAT} ORDER BY next_attempt_at LIMIT $3{lock}) \
-         RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at"
+         RETURNING id, environment, event_id, body, headers, attempts, attempts_base, received_at, sealed_by"
     )
 }
 
@@ -138,9 +137,13 @@ pub const GAUGES: &str = "SELECT environment, \
      UNION ALL SELECT environment, status, received_at FROM deliveries WHERE status = 'dead') AS open \
      GROUP BY environment";
 
-/// The newest store format this release writes and delivers (migration
-/// 0011 lists them). A claim takes no row of a newer one.
-pub const FORMAT: i64 = 1;
+/// The newest store format this release writes and delivers (migrations
+/// 0011 and 0012 list them). A claim takes no row of a newer one.
+pub const FORMAT: i64 = FORMAT_SEALED;
+/// Authorization as a key reference; body and headers in clear.
+pub const FORMAT_CLEAR: i64 = 1;
+/// Body and headers sealed with the store key `sealed_by` names.
+pub const FORMAT_SEALED: i64 = 2;
 
 /// Rows of an older format, in id order, a page at a time (`$1` after this
 /// id, `$2` how many), through the index of those rows alone.
@@ -148,18 +151,18 @@ pub const OLD_FORMAT_PAGE: &str = "SELECT id, environment, headers FROM deliveri
      WHERE format < 1 AND id > $1 ORDER BY id LIMIT $2";
 /// Only while the headers are what was read: a concurrent write wins.
 pub static REWRITE_HEADERS: LazyLock<String> = LazyLock::new(|| {
-    format!("UPDATE deliveries SET headers = $3, format = {FORMAT} WHERE id = $1 AND headers = $2")
+    format!("UPDATE deliveries SET headers = $3, format = {FORMAT_CLEAR} WHERE id = $1 AND headers = $2")
 });
-/// Rows of an older format that hold nothing to convert, moved to `FORMAT`:
+/// Rows of an older format that hold nothing to convert, moved to `FORMAT_CLEAR`:
 /// SQLite's `$1` is a JSON array of ids, PostgreSQL's an int8 array.
 pub static MARK_FORMAT_SQLITE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE deliveries SET format = {FORMAT} WHERE format < {FORMAT} \
+        "UPDATE deliveries SET format = {FORMAT_CLEAR} WHERE format < {FORMAT_CLEAR} \
          AND id IN (SELECT value FROM json_each($1))"
     )
 });
 pub static MARK_FORMAT_POSTGRES: LazyLock<String> = LazyLock::new(|| {
-    format!("UPDATE deliveries SET format = {FORMAT} WHERE format < {FORMAT} AND id = ANY($1)")
+    format!("UPDATE deliveries SET format = {FORMAT_CLEAR} WHERE format < {FORMAT_CLEAR} AND id = ANY($1)")
 });
 
 /// A delivery's id, environment and stored headers.
@@ -258,6 +261,7 @@ impl<'a> From<Option<&'a str>> for Value<'a> {
 pub enum Param {
     Int(i64),
     Text(String),
+    Blob(Vec<u8>),
     NullText,
 }
 
@@ -266,6 +270,7 @@ impl Param {
         match self {
             Param::Int(n) => Value::Int(*n),
             Param::Text(t) => Value::Text(t),
+            Param::Blob(b) => Value::Blob(b),
             Param::NullText => Value::NullText,
         }
     }
@@ -507,26 +512,51 @@ pub struct ClaimRow {
     pub(super) attempts: i64,
     pub(super) attempts_base: i64,
     pub(super) received_at: i64,
+    pub(super) sealed_by: Option<String>,
 }
 
-impl TryFrom<ClaimRow> for Claimed {
-    type Error = StoreError;
-
-    fn try_from(row: ClaimRow) -> Result<Self, Self::Error> {
-        let corrupt = |what: &str| StoreError::Corrupt(row.id, what.to_owned());
+impl ClaimRow {
+    /// The claim, its body and headers opened with `keys` when sealed. A
+    /// sealed row that does not open is claimed all the same (its attempt
+    /// is counted and recorded) but carries why in `unopened` and nothing
+    /// to send: it is never forwarded, and stays stored.
+    pub(super) fn into_claimed(self, keys: Option<&StoreKeys>) -> Result<Claimed, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(self.id, what.to_owned());
+        let environment = self
+            .environment
+            .parse::<Environment>()
+            .map_err(|_| corrupt("environment"))?;
+        let attempt = u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?;
+        let schedule_attempt = u32::try_from(self.attempts - self.attempts_base)
+            .map_err(|_| corrupt("attempts_base"))?;
+        let opened = match self.sealed_by {
+            None => Ok((self.body, self.headers)),
+            Some(_) => {
+                let open = |column, value: &[u8]| {
+                    seal::open_stored(keys, column, environment, &self.event_id, value)
+                };
+                open(Column::Body, &self.body)
+                    .and_then(|body| Ok((body, open(Column::Headers, &self.headers)?)))
+            }
+        };
+        let (body, headers, unopened) = match opened {
+            Ok((body, headers)) => (
+                Bytes::from(body),
+                ForwardHeaders::decode(&headers).ok_or_else(|| corrupt("headers"))?,
+                None,
+            ),
+            Err(e) => (Bytes::new(), ForwardHeaders::default(), Some(e)),
+        };
         Ok(Claimed {
-            id: DeliveryId(row.id),
-            environment: row
-                .environment
-                .parse::<Environment>()
-                .map_err(|_| corrupt("environment"))?,
-            headers: ForwardHeaders::decode(&row.headers).ok_or_else(|| corrupt("headers"))?,
-            attempt: u32::try_from(row.attempts).map_err(|_| corrupt("attempts"))?,
-            schedule_attempt: u32::try_from(row.attempts - row.attempts_base)
-                .map_err(|_| corrupt("attempts_base"))?,
-            received_at: Timestamp(row.received_at),
-            event_id: row.event_id,
-            body: Bytes::from(row.body),
+            id: DeliveryId(self.id),
+            environment,
+            headers,
+            attempt,
+            schedule_attempt,
+            received_at: Timestamp(self.received_at),
+            event_id: self.event_id,
+            body,
+            unopened,
         })
     }
 }

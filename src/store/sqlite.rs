@@ -25,6 +25,7 @@ use super::{
     NewEvent, Outcome, Role, Schema, StoreError, Timestamp,
 };
 use crate::event::Environment;
+use crate::seal::StoreKeys;
 use crate::supervise::supervise_thread;
 
 /// Schema versions, applied in order and recorded in `PRAGMA user_version`.
@@ -40,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_replays.sql"),
     include_str!("../../migrations/sqlite/0010_delivery_control.sql"),
     include_str!("../../migrations/sqlite/0011_store_format.sql"),
+    include_str!("../../migrations/sqlite/0012_store_key.sql"),
 ];
 
 /// Most operations one transaction commits together.
@@ -85,6 +87,8 @@ pub struct SqliteStore {
     closed: Arc<AtomicBool>,
     /// Set by `scrub_wal`; the checkpointer then truncates the WAL.
     truncate_wal: Arc<AtomicBool>,
+    /// `RELAY_STORE_KEY`, when set.
+    pub(super) keys: Option<Arc<StoreKeys>>,
 }
 
 const WRITER: usize = 0;
@@ -99,7 +103,7 @@ enum Op {
         lease: Duration,
         environment: Environment,
         limit: u32,
-        reply: Reply<Vec<Claimed>>,
+        reply: Reply<Vec<ClaimRow>>,
     },
     Finish(Box<rows::FinishRow>, Reply<()>),
     Release {
@@ -131,7 +135,11 @@ enum Op {
 impl SqliteStore {
     /// `Role::Service` owns the file (lock, lease reset, checkpoints); `Role::Tool`
     /// is the CLI working beside a running relay and only reads and updates rows.
-    pub async fn open(url: &str, role: Role) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        role: Role,
+        keys: Option<Arc<StoreKeys>>,
+    ) -> Result<Self, StoreError> {
         let path = path_of(url);
         if role == Role::Tool && !path.exists() {
             // An operator's command pointed at the wrong place must say so,
@@ -238,6 +246,7 @@ impl SqliteStore {
             threads_up,
             closed,
             truncate_wal,
+            keys,
         })
     }
 
@@ -254,7 +263,7 @@ impl SqliteStore {
         lease: Duration,
         environment: Environment,
         limit: u32,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<Vec<ClaimRow>, StoreError> {
         self.call(|reply| Op::Claim {
             now,
             lease,
@@ -924,6 +933,24 @@ pub(super) trait SqliteRow: Sized {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
 }
 
+impl SqliteRow for (i64, String) {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok((row.get(0)?, row.get(1)?))
+    }
+}
+
+impl SqliteRow for super::at_rest::StoredRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            environment: row.get(1)?,
+            event_id: row.get(2)?,
+            body: row.get(3)?,
+            headers: row.get(4)?,
+        })
+    }
+}
+
 impl SqliteRow for (i64,) {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok((row.get(0)?,))
@@ -1050,7 +1077,8 @@ fn run_batch(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
 fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
     Ok(match op {
         Op::Accept(event, _) => {
-            let mut stmt = conn.prepare_cached(&rows::ACCEPT)?;
+            let mut stmt = conn.prepare_cached(rows::ACCEPT)?;
+            let sealed_by = event.sealed_by();
             bind(
                 &mut stmt,
                 &[
@@ -1058,11 +1086,13 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
                     Value::Text(event.event_id.as_str()),
                     Value::Text(event.event_type.as_str()),
                     Value::Text(event.token.as_str()),
-                    Value::Blob(event.body.as_ref()),
-                    Value::Blob(&event.headers.encode()),
+                    Value::Blob(event.stored_body()),
+                    Value::Blob(&event.stored_headers()),
                     Value::Int(event.received_at.0),
                     event.leased_until.map(|t| t.0).into(),
                     event.payment_id.as_ref().map(|p| p.as_str()).into(),
+                    Value::Int(event.format()),
+                    sealed_by.as_deref().into(),
                 ],
             )?;
             let mut inserted = stmt.raw_query();
@@ -1101,6 +1131,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
                     attempts: row.get(5)?,
                     attempts_base: row.get(6)?,
                     received_at: row.get(7)?,
+                    sealed_by: row.get(8)?,
                 });
             }
             Done::Claimed(claimed)
@@ -1226,9 +1257,7 @@ impl Op {
         }
         match (self, result) {
             (Op::Accept(_, r), Ok(Done::Accepted(a))) => send(r, Ok(a)),
-            (Op::Claim { reply, .. }, Ok(Done::Claimed(found))) => {
-                send(reply, found.into_iter().map(Claimed::try_from).collect())
-            }
+            (Op::Claim { reply, .. }, Ok(Done::Claimed(found))) => send(reply, Ok(found)),
             (Op::Finish(_, reply), Ok(Done::Finished)) => send(reply, Ok(())),
             (Op::Retry(_, _, r), Ok(Done::Count(n))) => send(r, Ok(n > 0)),
             (Op::ReplayStep(_, _, r), Ok(Done::Stepped(s))) => send(r, Ok(s)),

@@ -59,21 +59,23 @@ impl TestDb {
 
     /// A delivery's status as committed, read over a connection of the test's own.
     pub async fn status(&self, event_id: &str) -> Option<String> {
+        self.column(event_id, "status").await.flatten()
+    }
+
+    /// One text column of a delivery (`None`: no such delivery).
+    pub async fn column(&self, event_id: &str, column: &str) -> Option<Option<String>> {
+        let sql = format!("SELECT {column} FROM deliveries WHERE event_id = $1");
         match self.backend {
             Backend::Sqlite => {
                 use rusqlite::OptionalExtension;
                 self.sqlite()
-                    .query_row(
-                        "SELECT status FROM deliveries WHERE event_id = ?1",
-                        [event_id],
-                        |row| row.get(0),
-                    )
+                    .query_row(&sql, [event_id], |row| row.get(0))
                     .optional()
                     .expect("read deliveries")
             }
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
-                sqlx::query_scalar("SELECT status FROM deliveries WHERE event_id = $1")
+                sqlx::query_scalar(&sql)
                     .bind(event_id)
                     .fetch_optional(&mut conn)
                     .await
@@ -223,6 +225,66 @@ impl TestDb {
                     .fetch_one(&mut conn)
                     .await
                     .expect("read headers")
+            }
+        }
+    }
+
+    /// One stored value of a delivery (`body`, `headers`), as the store wrote it.
+    pub async fn blob(&self, event_id: &str, column: &str) -> Vec<u8> {
+        let sql = format!("SELECT {column} FROM deliveries WHERE event_id = $1");
+        match self.backend {
+            Backend::Sqlite => self
+                .sqlite()
+                .query_row(&sql, [event_id], |row| row.get(0))
+                .expect("read a stored value"),
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
+                sqlx::query_scalar(&sql)
+                    .bind(event_id)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("read a stored value")
+            }
+        }
+    }
+
+    /// Overwrites one stored value, as someone with access to the database could.
+    pub async fn set_blob(&self, event_id: &str, column: &str, value: &[u8]) {
+        let sql = format!("UPDATE deliveries SET {column} = $1 WHERE event_id = $2");
+        match self.backend {
+            Backend::Sqlite => {
+                self.sqlite()
+                    .execute(&sql, rusqlite::params![value, event_id])
+                    .expect("write a stored value");
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("open");
+                sqlx::query(&sql)
+                    .bind(value)
+                    .bind(event_id)
+                    .execute(&mut conn)
+                    .await
+                    .expect("write a stored value");
+            }
+        }
+    }
+
+    /// What the store leaves at rest: every byte of the SQLite files, or a
+    /// `pg_dump` of the PostgreSQL database.
+    pub fn at_rest_bytes(&self) -> Vec<u8> {
+        match self.backend {
+            Backend::Sqlite => self.sqlite_files(),
+            Backend::Postgres => {
+                let out = std::process::Command::new("pg_dump")
+                    .arg(format!("--dbname={}", self.url))
+                    .output()
+                    .expect("pg_dump (PostgreSQL's client) must be installed");
+                assert!(
+                    out.status.success(),
+                    "pg_dump: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
             }
         }
     }

@@ -68,6 +68,34 @@ pub fn approved_event(id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Card holder data in `fixtures/payment_approved.json`: name, email,
+/// billing address, card fingerprint.
+pub const CARD_HOLDER_DATA: [&str; 5] = [
+    "Bruce Wayne",
+    "brucewayne@example.com",
+    "123 High St.",
+    "SW1A 1AA",
+    "F31828E2BDABAE63EB6949",
+];
+
+/// The fixture's approved payment, with card holder data, as event `id`.
+pub fn card_holder_event(id: &str) -> Vec<u8> {
+    let fixture = String::from_utf8(fixture("payment_approved.json")).expect("utf-8");
+    fixture
+        .replace("evt_az5sblvku4ge3dwpztvyizgcau", id)
+        .into_bytes()
+}
+
+/// The first of `needles` found in `haystack`, as bytes or as the hex a
+/// `pg_dump` writes a bytea in.
+pub fn found_in<'n>(haystack: &[u8], needles: &[&'n str]) -> Option<&'n str> {
+    let has = |needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    needles
+        .iter()
+        .copied()
+        .find(|n| has(n.as_bytes()) || has(hex::encode(n).as_bytes()))
+}
+
 pub fn keys_for(env: &str) -> (&'static str, &'static str) {
     match env {
         "production" => (PRODUCTION_AUTH, PRODUCTION_SIG),
