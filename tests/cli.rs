@@ -66,6 +66,32 @@ fn check_config_prints_what_would_run_with_secrets_masked() {
         "a secret was printed:\n{stdout}"
     );
 
+    assert!(
+        stdout.contains("stored at rest:       IN CLEAR"),
+        "{stdout}"
+    );
+
+    // A store key is shown by its id, never its value.
+    let store_key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let mut vars = SECRETS.to_vec();
+    vars.push(("RELAY_STORE_KEY", store_key));
+    let out = run(&["check-config"], &vars, b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = accelerate_relay::seal::StoreKeys::parse(store_key)
+        .expect("a key")
+        .current()
+        .to_string();
+    assert!(
+        stdout.contains(&format!(
+            "stored at rest:       sealed (XChaCha20-Poly1305), RELAY_STORE_KEY <set: seals with {id}; opens {id}>"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(store_key) && !stdout.contains("0f1e2d3c"),
+        "{stdout}"
+    );
+
     // A password given as a query parameter is a password too.
     let url = "postgres://relay@db.internal/relay?sslmode=require&password=pw-SECRET-six&sslpassword=pw-SECRET-seven";
     let mut vars = SECRETS.to_vec();

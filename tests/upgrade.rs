@@ -17,6 +17,8 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 const KEYS: [&str; 2] = [SANDBOX_AUTH, SANDBOX_AUTH_NEW];
+/// `RELAY_STORE_KEY` of every replica (the previous release ignores it).
+const STORE_KEY: &str = "5a0e2c4f6b8d1a3c5e7f9b0d2a4c6e8f1b3d5a7c9e0f2b4d6a8c1e3f5b7d9a0c";
 
 struct Fleet {
     db: TestDb,
@@ -41,13 +43,25 @@ impl Fleet {
     fn vars(&self) -> Vec<(String, String)> {
         with_overrides(
             base_vars(&self.sandbox, &self.production, self.db.url()),
-            &[("RELAY_RETRY_SCHEDULE", &["200ms"; 30].join(","))],
+            &[
+                ("RELAY_RETRY_SCHEDULE", &["200ms"; 30].join(",")),
+                ("RELAY_STORE_KEY", STORE_KEY),
+                // The outages here open the fleet's breaker: its probe
+                // comes soon, not after the default 30 s.
+                ("RELAY_BREAKER_PROBE_INTERVAL", "1s"),
+            ],
         )
     }
 
     async fn start(&self, binary: &Path, name: &str) -> RelayProcess {
+        self.start_with(binary, name, &[]).await
+    }
+
+    /// As `start`, with some variables changed (an empty value unsets one).
+    async fn start_with(&self, binary: &Path, name: &str, vars: &[(&str, &str)]) -> RelayProcess {
         let log = self.db.dir.path().join(format!("{name}.log"));
-        RelayProcess::start_binary(binary, &log, &self.vars()).await
+        let vars = with_overrides(self.vars(), vars);
+        RelayProcess::start_binary(binary, &log, &vars).await
     }
 
     /// Sends `n` events to `relay`, alternating the sandbox's two keys;
@@ -56,7 +70,7 @@ impl Fleet {
         for i in 0..n {
             let id = format!("evt_{prefix}_{i}");
             let key = KEYS[i % 2];
-            let body = approved_event(&id);
+            let body = card_holder_event(&id);
             let answer = post_signed_with(
                 &self.client,
                 &relay.address,
@@ -112,31 +126,31 @@ impl Fleet {
         }
     }
 
-    /// What the store's files or dump hold, for a search of secrets.
-    fn stored_bytes(&self) -> Vec<u8> {
-        match self.db.backend {
-            Backend::Sqlite => self.db.sqlite_files(),
-            Backend::Postgres => {
-                let out = Command::new("pg_dump")
-                    .arg(format!("--dbname={}", self.db.url()))
-                    .output()
-                    .expect("pg_dump (PostgreSQL's client) must be installed");
-                assert!(
-                    out.status.success(),
-                    "pg_dump: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                out.stdout
-            }
-        }
-    }
-
     /// Neither key, as text or as the hex a dump writes bytea in.
     fn holds_a_key(&self) -> Option<&'static str> {
-        let stored = self.stored_bytes();
-        let has = |needle: &[u8]| stored.windows(needle.len()).any(|w| w == needle);
-        KEYS.into_iter()
-            .find(|key| has(key.as_bytes()) || has(hex::encode(key).as_bytes()))
+        found_in(&self.db.at_rest_bytes(), &KEYS)
+    }
+
+    /// Card holder data, as text or hex, in the files or a dump.
+    fn holds_card_holder_data(&self) -> Option<&'static str> {
+        found_in(&self.db.at_rest_bytes(), &CARD_HOLDER_DATA)
+    }
+
+    /// Every row sealed, none left in clear or in an older format.
+    async fn all_sealed(&self) {
+        assert_eq!(
+            self.rows_of_format(2).await,
+            self.sent.len() as i64,
+            "every row sealed"
+        );
+        let clear = "SELECT COUNT(*) FROM deliveries WHERE sealed_by IS NULL";
+        assert_eq!(self.db.scalar(clear).await, 0, "no row in clear");
+        assert_eq!(self.holds_a_key(), None, "no key at rest");
+        assert_eq!(
+            self.holds_card_holder_data(),
+            None,
+            "no card holder data at rest"
+        );
     }
 
     async fn rows_of_format(&self, format: i64) -> i64 {
@@ -154,42 +168,52 @@ async fn stop(mut relay: RelayProcess) {
     assert!(status.is_some_and(|s| s.success()), "stopped cleanly");
 }
 
-/// SQLite, in place: the previous release stopped with events waiting, this
-/// one started on its file. Every event goes once with its own key, and no
-/// key is left in the files.
+/// SQLite, in place: the previous release (in clear) stopped with events
+/// waiting, this one started on its file with a store key. Every event goes
+/// once with its own key, every row is sealed, and neither a key nor card
+/// holder data is left in the files.
 #[tokio::test]
-async fn sqlite_in_place_from_the_release_before_the_fence() {
+async fn sqlite_in_place_from_the_previous_release() {
     let previous = previous_binary();
     let mut fleet = Fleet::new(Backend::Sqlite).await;
     fleet.sandbox.set_default(Reply::Status(503));
     let old = fleet.start(&previous, "previous").await;
     fleet.send(&old, "in_place", 20).await;
     stop(old).await;
+    assert!(
+        fleet.holds_card_holder_data().is_some(),
+        "the previous release stores in clear"
+    );
     // This release's command beside an older relay's file leaves it as it is.
     let (ok, _, said) =
         common::process::operator_command(fleet.db.dir.path(), &["deliveries", "list"]);
     assert!(
-        !ok && said.contains("older than this command knows (version 11)"),
+        !ok && said.contains("older than this command knows (version 12)"),
         "{said}"
     );
     assert_eq!(
         fleet.db.scalar("PRAGMA user_version").await,
-        10,
+        11,
         "not migrated by a command"
     );
 
     fleet.sandbox.set_default(Reply::Status(200));
     let new = fleet.start(Path::new(BINARY), "current").await;
     fleet.delivered_once_with_their_own_keys().await;
-    assert_eq!(fleet.rows_of_format(0).await, 0, "every row converted");
-    assert_eq!(fleet.holds_a_key(), None, "no key in the SQLite files");
+    let sealed = eventually(Duration::from_secs(10), || async {
+        fleet.holds_card_holder_data().is_none()
+    })
+    .await;
+    assert!(sealed, "no card holder data left in the SQLite files");
+    fleet.all_sealed().await;
     stop(new).await;
 }
 
-/// PostgreSQL, by the documented procedure from a release before the fence:
-/// every old replica stopped first, then the new ones started.
+/// PostgreSQL, stop-first: every old replica stopped, then the new ones
+/// started (the procedure for any release before the fence, tried here from
+/// the previous one).
 #[tokio::test]
-async fn postgres_stop_first_from_the_release_before_the_fence() {
+async fn postgres_stop_first_from_the_previous_release() {
     let previous = previous_binary();
     let mut fleet = Fleet::new(Backend::Postgres).await;
     fleet.sandbox.set_default(Reply::Status(503));
@@ -201,6 +225,10 @@ async fn postgres_stop_first_from_the_release_before_the_fence() {
     fleet.send(&b, "stop_first_b", 10).await;
     stop(a).await;
     stop(b).await;
+    assert!(
+        fleet.holds_card_holder_data().is_some(),
+        "the previous release stores in clear"
+    );
 
     fleet.sandbox.set_default(Reply::Status(200));
     let (c, d) = (
@@ -208,20 +236,20 @@ async fn postgres_stop_first_from_the_release_before_the_fence() {
         fleet.start(Path::new(BINARY), "current-d").await,
     );
     fleet.delivered_once_with_their_own_keys().await;
-    assert_eq!(fleet.rows_of_format(0).await, 0, "every row converted");
-    assert_eq!(fleet.holds_a_key(), None, "no key in a pg_dump");
+    fleet.all_sealed().await;
     stop(c).await;
     stop(d).await;
 }
 
-/// PostgreSQL, rolling: the last release before the fence writes what this
-/// one writes (key references), so the two can overlap. Events go to both
-/// while Accelerate fails for a while; the old replica keeps writing rows of
-/// format 0 after this one migrated, and the sweep converts them. Every event
-/// goes exactly once with its own key, neither replica answers 5xx, and once
-/// the old one is gone no row is left unconverted.
+/// PostgreSQL, rolling from the fenced release before this one. This one
+/// migrates to a newer schema and seals; the old replica's fence closes
+/// (`/readyz` 503, no more claims) but it keeps taking webhooks, written in
+/// clear (format 1), which this one's sweep seals. Events go to both while
+/// Accelerate fails for a while: every event goes exactly once with its own
+/// key, neither replica answers 5xx, and once the old one is gone no row is
+/// left in clear and a dump holds no card holder data.
 #[tokio::test]
-async fn postgres_rolling_beside_the_last_release_before_the_fence() {
+async fn postgres_rolling_beside_the_previous_release() {
     let previous = previous_binary();
     let mut fleet = Fleet::new(Backend::Postgres).await;
     let old = fleet.start(&previous, "previous").await;
@@ -233,19 +261,29 @@ async fn postgres_rolling_beside_the_last_release_before_the_fence() {
     fleet.sandbox.set_default(Reply::Status(503));
     fleet.send(&old, "outage_old", 10).await;
     fleet.send(&new, "outage_new", 10).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fenced = eventually(Duration::from_secs(6), || async {
+        readyz(&fleet.client, &old.address).await == 503
+    })
+    .await;
+    assert!(
+        fenced,
+        "the old replica stops delivering on the newer schema"
+    );
     fleet.sandbox.set_default(Reply::Status(200));
     fleet.send(&old, "after_old", 10).await;
     fleet.send(&new, "after_new", 10).await;
     fleet.delivered_once_with_their_own_keys().await;
     stop(old).await;
-    let converted = eventually(Duration::from_secs(10), || async {
-        fleet.rows_of_format(0).await == 0
+    let sealed = eventually(Duration::from_secs(10), || async {
+        fleet
+            .db
+            .scalar("SELECT COUNT(*) FROM deliveries WHERE sealed_by IS NULL")
+            .await
+            == 0
     })
     .await;
-    assert!(converted, "the sweep converted what the old replica wrote");
-    assert_eq!(fleet.rows_of_format(1).await, fleet.sent.len() as i64);
-    assert_eq!(fleet.holds_a_key(), None, "no key in a pg_dump");
+    assert!(sealed, "the sweep sealed what the old replica wrote");
+    fleet.all_sealed().await;
     stop(new).await;
 }
 
@@ -327,7 +365,7 @@ async fn a_newer_schema_stops_delivery_and_then_start(backend: Backend) {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
         said.contains(
-            "schema is version 999, newer than this release of accelerate-relay knows (version 11)"
+            "schema is version 999, newer than this release of accelerate-relay knows (version 12)"
         ) && said.contains("Run that release or a newer one"),
         "{said}"
     );
@@ -357,18 +395,24 @@ async fn a_row_of_a_newer_format_is_never_claimed(backend: Backend) {
     // As if a replica of that release took it: now a format this one knows.
     fleet
         .db
-        .execute("UPDATE deliveries SET format = 1 WHERE event_id = 'evt_newer_format_0'")
+        .execute("UPDATE deliveries SET format = 2 WHERE event_id = 'evt_newer_format_0'")
         .await;
     fleet.delivered_once_with_their_own_keys().await;
     stop(relay).await;
 }
 
+/// A store kept in clear (no `RELAY_STORE_KEY`).
+const IN_CLEAR: &[(&str, &str)] = &[("RELAY_STORE_KEY", "")];
+
 /// Retention's purge leaves none of the purged events' card holder data in
-/// the SQLite files: not in free pages (`secure_delete`), not in the WAL.
+/// the SQLite files, kept in clear: not in free pages (`secure_delete`), not
+/// in the WAL.
 #[tokio::test]
 async fn a_purge_leaves_no_card_holder_data_in_the_sqlite_files() {
     let mut fleet = Fleet::new(Backend::Sqlite).await;
-    let relay = fleet.start(Path::new(BINARY), "current").await;
+    let relay = fleet
+        .start_with(Path::new(BINARY), "current", IN_CLEAR)
+        .await;
     let holder = "Bruce Wayne";
     let fixture = String::from_utf8(fixture("payment_approved.json")).expect("utf-8");
     let original: serde_json::Value = serde_json::from_str(&fixture).expect("json");
@@ -387,7 +431,7 @@ async fn a_purge_leaves_no_card_holder_data_in_the_sqlite_files() {
     stop(relay).await;
     let holds = |bytes: &[u8]| bytes.windows(holder.len()).any(|w| w == holder.as_bytes());
     assert!(
-        holds(&fleet.stored_bytes()),
+        holds(&fleet.db.at_rest_bytes()),
         "the events are stored before the purge"
     );
 
@@ -403,14 +447,16 @@ async fn a_purge_leaves_no_card_holder_data_in_the_sqlite_files() {
             "UPDATE deliveries SET received_at = {eight_days_ago}"
         ))
         .await;
-    let relay = fleet.start(Path::new(BINARY), "current").await;
+    let relay = fleet
+        .start_with(Path::new(BINARY), "current", IN_CLEAR)
+        .await;
     let purged = eventually(Duration::from_secs(10), || async {
         fleet.db.scalar("SELECT COUNT(*) FROM deliveries").await == 0
     })
     .await;
     assert!(purged, "the events are purged at start");
     let gone = eventually(Duration::from_secs(5), || async {
-        !holds(&fleet.stored_bytes())
+        !holds(&fleet.db.at_rest_bytes())
     })
     .await;
     assert!(gone, "no card holder name left in the SQLite files");

@@ -267,9 +267,12 @@ pub async fn start_relay_with(
     let log = std::fs::File::create(log)?;
     let mut command = server_command(&relay_binary()?);
     command.env_clear();
-    // RUST_LOG passes through, to measure what logging costs.
-    if let Ok(level) = std::env::var("RUST_LOG") {
-        command.env("RUST_LOG", level);
+    // RUST_LOG passes through, to measure what logging costs, and
+    // RELAY_STORE_KEY, what sealing at rest costs.
+    for var in ["RUST_LOG", "RELAY_STORE_KEY"] {
+        if let Ok(value) = std::env::var(var) {
+            command.env(var, value);
+        }
     }
     let child = command
         .env("RELAY_LISTEN", addr.to_string())
