@@ -229,10 +229,7 @@ fn check_config() -> anyhow::Result<()> {
             || "IN CLEAR: bodies (card holder data) and headers are stored as received \
                 (RELAY_STORE_KEY not set)"
                 .to_owned(),
-            |keys| format!(
-                "sealed (XChaCha20-Poly1305), RELAY_STORE_KEY {}",
-                keys.masked()
-            )
+            |keys| format!("sealed (AES-256-GCM), RELAY_STORE_KEY {}", keys.masked())
         )
     );
     for env in config.environments() {

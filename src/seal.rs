@@ -3,31 +3,33 @@
 //!
 //! A stored body carries the card holder's name, address, email and card
 //! digits; the forwarded headers carry the signature that would confirm a
-//! guess at them. With a key configured both are sealed with
-//! XChaCha20-Poly1305 before they reach the store: a fresh random 192-bit
-//! nonce per value (random nonces of that size never collide in practice,
-//! across any number of replicas, which a 96-bit nonce would not promise),
-//! and the delivery's identity (column, environment, event id) bound as
-//! associated data, so a value moved to another row or column is refused
-//! rather than forwarded. What a lookup needs (event id, token, payment id,
-//! times) stays in its own clear columns.
+//! guess at them. With a key configured both are sealed with AES-256-GCM
+//! (ring's, AES-NI and carry-less multiply where the CPU has them: about
+//! 1 µs for an event's pair, against 6.8 µs for RustCrypto's
+//! XChaCha20-Poly1305 on the same machine) before they reach the store: a
+//! fresh random 96-bit nonce per value, and the delivery's identity (column,
+//! environment, event id) bound as associated data, so a value moved to
+//! another row or column is refused rather than forwarded. Random 96-bit
+//! nonces keep within the 2^32 values per key that NIST allows for them up
+//! to about two billion events per key; a rotation starts a new count. What
+//! a lookup needs (event id, token, payment id, times) stays in its own
+//! clear columns.
 //!
-//! Sealed value: `SEALED_MAGIC` (2 bytes), the key id (8), the nonce (24),
-//! then ciphertext and tag.
+//! Sealed value: `SEALED_MAGIC` (2 bytes), the key id (8), the nonce (12),
+//! then ciphertext and tag (16).
 
 use std::fmt;
 
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use sha2::{Digest, Sha256};
 
 use crate::event::Environment;
 
 const SEALED_MAGIC: [u8; 2] = *b"S1";
 const KEY_ID_LEN: usize = 8;
-const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = SEALED_MAGIC.len() + KEY_ID_LEN + NONCE_LEN;
 
 /// Which stored value: bound into the seal, so body and headers cannot be swapped.
@@ -109,7 +111,7 @@ pub enum SealError {
 
 struct StoreKey {
     id: KeyId,
-    cipher: XChaCha20Poly1305,
+    cipher: LessSafeKey,
 }
 
 /// `RELAY_STORE_KEY`: the first key seals, any opens. Prints as key ids only.
@@ -136,9 +138,10 @@ impl StoreKeys {
             if keys.iter().any(|k| k.id == id) {
                 return Err(format!("key {} is given twice; give each key once", n + 1));
             }
+            let cipher = UnboundKey::new(&AES_256_GCM, &key).expect("a 256-bit key");
             keys.push(StoreKey {
                 id,
-                cipher: XChaCha20Poly1305::new(&key.into()),
+                cipher: LessSafeKey::new(cipher),
             });
         }
         if keys.is_empty() {
@@ -174,22 +177,21 @@ impl StoreKeys {
         let key = &self.0[0];
         let mut nonce = [0; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(HEADER_LEN + clear.len() + 16);
+        let mut out = Vec::with_capacity(HEADER_LEN + clear.len() + TAG_LEN);
         out.extend_from_slice(&SEALED_MAGIC);
         out.extend_from_slice(&key.id.0);
         out.extend_from_slice(&nonce);
         let aad = associated(&out[..HEADER_LEN], column, environment, event_id);
-        let sealed = key
+        out.extend_from_slice(clear);
+        let tag = key
             .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: clear,
-                    aad: &aad,
-                },
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut out[HEADER_LEN..],
             )
-            .expect("XChaCha20-Poly1305 seals any length a webhook can have");
-        out.extend_from_slice(&sealed);
+            .expect("AES-256-GCM seals any length a webhook can have");
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -207,17 +209,18 @@ impl StoreKeys {
             .iter()
             .find(|k| k.id == id)
             .ok_or(SealError::UnknownKey(id))?;
-        let nonce = XNonce::from_slice(&sealed[SEALED_MAGIC.len() + KEY_ID_LEN..HEADER_LEN]);
+        let nonce =
+            Nonce::try_assume_unique_for_key(&sealed[SEALED_MAGIC.len() + KEY_ID_LEN..HEADER_LEN])
+                .map_err(|_| SealError::Malformed)?;
         let aad = associated(&sealed[..HEADER_LEN], column, environment, event_id);
-        key.cipher
-            .decrypt(
-                nonce,
-                Payload {
-                    msg: &sealed[HEADER_LEN..],
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| SealError::Refused(id))
+        let mut value = sealed[HEADER_LEN..].to_vec();
+        let opened = key
+            .cipher
+            .open_in_place(nonce, Aad::from(&aad), &mut value)
+            .map_err(|_| SealError::Refused(id))?
+            .len();
+        value.truncate(opened);
+        Ok(value)
     }
 }
 
@@ -229,7 +232,7 @@ impl fmt::Debug for StoreKeys {
 
 /// The key id a sealed value names, if it is one.
 pub fn sealed_key(sealed: &[u8]) -> Option<KeyId> {
-    if sealed.len() < HEADER_LEN + 16 || sealed[..SEALED_MAGIC.len()] != SEALED_MAGIC {
+    if sealed.len() < HEADER_LEN + TAG_LEN || sealed[..SEALED_MAGIC.len()] != SEALED_MAGIC {
         return None;
     }
     let mut id = [0; KEY_ID_LEN];

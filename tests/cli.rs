@@ -83,7 +83,7 @@ fn check_config_prints_what_would_run_with_secrets_masked() {
         .to_string();
     assert!(
         stdout.contains(&format!(
-            "stored at rest:       sealed (XChaCha20-Poly1305), RELAY_STORE_KEY <set: seals with {id}; opens {id}>"
+            "stored at rest:       sealed (AES-256-GCM), RELAY_STORE_KEY <set: seals with {id}; opens {id}>"
         )),
         "{stdout}"
     );

@@ -1,5 +1,5 @@
 -- Card holder data sealed at rest (RELAY_STORE_KEY). A new format:
---   2: body and headers sealed (XChaCha20-Poly1305) with the store key whose
+--   2: body and headers sealed (AES-256-GCM) with the store key whose
 --      id `sealed_by` holds (16 hex digits, a hash of the key, never the key)
 -- Rows of formats 0 and 1 have `sealed_by` NULL: in clear. With a key set,
 -- the relay seals them by a sweep (the same path converts a clear store and
