@@ -103,6 +103,26 @@ async fn sealed_with(db: &common::db::TestDb, key: &str) -> i64 {
     .await
 }
 
+/// The rotation: `KEY_B` put first, `during` done while the sweep moves every
+/// row to it, the metric seen at 0, then `KEY_A` dropped.
+async fn rotate_from_a_to_b(app: TestApp, during: impl AsyncFnOnce(&TestApp)) -> TestApp {
+    let key_list = format!("{KEY_B},{KEY_A}");
+    let app = app.restart_with(&[("RELAY_STORE_KEY", &key_list)]).await;
+    during(&app).await;
+    let total = app.db.count().await;
+    let moved = eventually(WAIT, || async {
+        sealed_with(&app.db, KEY_B).await == total
+    })
+    .await;
+    assert!(moved, "every row moved to the new key");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("accelerate_relay_store_rows_to_seal 0"),
+        "{metrics}"
+    );
+    app.restart_with(&[("RELAY_STORE_KEY", KEY_B)]).await
+}
+
 /// Accepted, delivered, retried and dead, then a rotation, then the dead one
 /// replayed under the new key alone: nothing readable at rest at any point,
 /// and Accelerate gets the bytes and headers Checkout.com sent.
@@ -134,19 +154,9 @@ async fn sealed_at_rest_and_forwarded_unchanged(backend: Backend) {
     assert_eq!(sealed_with(&app.db, KEY_A).await, 6, "every row sealed");
     assert_nothing_readable(&app.db);
 
-    // Rotation: the new key first; the sweep moves every row to it.
-    let key_list = format!("{KEY_B},{KEY_A}");
-    let app = app.restart_with(&[("RELAY_STORE_KEY", &key_list)]).await;
-    let moved = eventually(WAIT, || async { sealed_with(&app.db, KEY_B).await == 6 }).await;
-    assert!(moved, "every row moved to the new key");
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains("accelerate_relay_store_rows_to_seal 0"),
-        "{metrics}"
-    );
-
-    // The old key dropped; the dead event replayed is still the same bytes.
-    let app = app.restart_with(&[("RELAY_STORE_KEY", KEY_B)]).await;
+    // Rotation, then the old key dropped; the dead event replayed is
+    // still the same bytes.
+    let app = rotate_from_a_to_b(app, async |_| {}).await;
     app.production.set_default(Reply::Status(200));
     let id: i64 = app
         .db
@@ -279,22 +289,10 @@ async fn a_clear_store_is_sealed_and_rotated_under_load(backend: Backend) {
     let converted = eventually(WAIT, || async { app.db.scalar(clear).await == 0 }).await;
     assert!(converted, "every clear row sealed");
 
-    let key_list = format!("{KEY_B},{KEY_A}");
-    let app = app.restart_with(&[("RELAY_STORE_KEY", &key_list)]).await;
-    sent.extend(send_events(&app, "sandbox", "rotating", 30).await);
-    let total = app.db.count().await;
-    let moved = eventually(WAIT, || async {
-        sealed_with(&app.db, KEY_B).await == total
+    let app = rotate_from_a_to_b(app, async |app| {
+        sent.extend(send_events(app, "sandbox", "rotating", 30).await);
     })
     .await;
-    assert!(moved, "every row moved to the new key");
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains("accelerate_relay_store_rows_to_seal 0"),
-        "{metrics}"
-    );
-
-    let app = app.restart_with(&[("RELAY_STORE_KEY", KEY_B)]).await;
     app.sandbox.set_default(Reply::Status(200));
     delivered_as_sent(&app.sandbox, "sandbox", &sent).await;
     let gone = eventually(Duration::from_secs(5), || async {
