@@ -62,6 +62,18 @@ impl Schema {
         })
     }
 
+    /// Whether `role` may open a database of this schema: no one a newer
+    /// one; an operator's command not an older one either.
+    pub fn admits(&self, role: Role) -> Result<(), StoreError> {
+        if self.is_newer() {
+            return Err(StoreError::Unusable(self.refusal()));
+        }
+        match (role, self.older_for_a_command()) {
+            (Role::Tool, Some(older)) => Err(StoreError::Unusable(older)),
+            _ => Ok(()),
+        }
+    }
+
     /// What an operator reads when this release meets a newer schema.
     pub fn refusal(&self) -> String {
         format!(

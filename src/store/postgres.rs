@@ -106,6 +106,15 @@ pub struct PgStore {
     pub(super) keys: Option<Arc<StoreKeys>>,
 }
 
+/// The newest migration applied to the database beside the newest this
+/// release embeds.
+async fn schema_of(pool: &PgPool) -> Result<Schema, StoreError> {
+    Ok(Schema {
+        found: applied_version(pool).await?,
+        known: known_version(),
+    })
+}
+
 /// The newest migration this release embeds.
 fn known_version() -> u64 {
     MIGRATOR
@@ -160,19 +169,7 @@ impl PgStore {
                 ));
             }
         }
-        let schema = Schema {
-            found: applied_version(&pool).await?,
-            known: known_version(),
-        };
-        if schema.is_newer() {
-            return Err(StoreError::Unusable(schema.refusal()));
-        }
-        if let Some(older) = (role == Role::Tool)
-            .then(|| schema.older_for_a_command())
-            .flatten()
-        {
-            return Err(StoreError::Unusable(older));
-        }
+        schema_of(&pool).await?.admits(role)?;
         MIGRATOR.run(&pool).await?;
         let accepts = Group::start("webhooks", {
             let pool = pool.clone();
@@ -300,10 +297,7 @@ impl PgStore {
     /// The newest migration applied to the database (0: none) and the
     /// newest this release has.
     pub async fn schema(&self) -> Result<Schema, StoreError> {
-        Ok(Schema {
-            found: applied_version(&self.pool).await?,
-            known: known_version(),
-        })
+        schema_of(&self.pool).await
     }
 
     pub async fn exec(&self, sql: &'static str, params: &[Param]) -> Result<u64, StoreError> {

@@ -161,20 +161,14 @@ impl SqliteStore {
             type Opened = (Connection, Connection, Option<Connection>);
             move || -> Result<Opened, StoreError> {
                 let mut conn = connect(&path)?;
-                if role == Role::Tool && schema_version(&conn)? == 0 {
+                if role == Role::Tool && schema_of(&conn)?.found == 0 {
                     return Err(StoreError::Unusable(format!(
                         "{} is not a relay database (it has no relay schema); set RELAY_DATABASE_URL to the file the relay runs on",
                         path.display()
                     )));
                 }
                 if role == Role::Tool {
-                    let schema = Schema {
-                        found: schema_version(&conn)? as u64,
-                        known: MIGRATIONS.len() as u64,
-                    };
-                    if let Some(older) = schema.older_for_a_command() {
-                        return Err(StoreError::Unusable(older));
-                    }
+                    schema_of(&conn)?.admits(role)?;
                 }
                 migrate(&mut conn)?;
                 if role == Role::Service {
@@ -404,11 +398,7 @@ impl SqliteStore {
 
     /// The schema version in the file and the newest this release has.
     pub async fn schema(&self) -> Result<Schema, StoreError> {
-        let found = self.read(schema_version).await?;
-        Ok(Schema {
-            found: found as u64,
-            known: MIGRATIONS.len() as u64,
-        })
+        self.read(schema_of).await
     }
 
     /// Moves rows that hold nothing to convert to the current format.
@@ -718,21 +708,20 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
-    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+/// The schema version in the file beside the newest this release has.
+fn schema_of(conn: &Connection) -> Result<Schema, StoreError> {
+    let found: u64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    Ok(Schema {
+        found,
+        known: MIGRATIONS.len() as u64,
+    })
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let schema = Schema {
-        found: version as u64,
-        known: MIGRATIONS.len() as u64,
-    };
-    if schema.is_newer() {
-        return Err(StoreError::Unusable(schema.refusal()));
-    }
-    for sql in &MIGRATIONS[version..] {
+    let schema = schema_of(&tx)?;
+    schema.admits(Role::Service)?;
+    for sql in &MIGRATIONS[schema.found as usize..] {
         tx.execute_batch(sql)?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
