@@ -78,9 +78,8 @@ impl Fence {
         }
     }
 
-    /// Sweeps once, then every `CHECK_EVERY` looks at the schema and sweeps
-    /// again, until `stop`. (`Application::build` made the first sweep
-    /// before the first claim.)
+    /// Every `CHECK_EVERY` looks at the schema and sweeps, until `stop`
+    /// (the first sweep is `Application::build`'s, before the first claim).
     pub async fn run(
         self: Arc<Self>,
         store: Store,

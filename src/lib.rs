@@ -301,9 +301,10 @@ async fn refuse_missing_store_keys(store: &Store) -> Result<(), StoreError> {
         .collect();
     Err(StoreError::Unusable(format!(
         "the store holds deliveries sealed with store keys RELAY_STORE_KEY does not hold: {}. \
-         Add those keys to RELAY_STORE_KEY after the first (`accelerate-relay check-config` \
-         shows the ids of the keys given), or, if they were dropped on purpose, purge those \
-         deliveries first",
+         Add those keys back to RELAY_STORE_KEY after the first (`accelerate-relay \
+         check-config` shows the ids of the keys it was given). If a key is gone for good, \
+         its deliveries can never be sent: delete them from the database \
+         (`DELETE FROM deliveries WHERE sealed_by = '<id>'`) to start",
         listed.join(", ")
     )))
 }
