@@ -87,7 +87,11 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let store = Store::open(&config.database, store::Role::Service).await?;
-        refuse_missing_store_keys(&store).await?;
+        if let Err(e) = refuse_missing_store_keys(&store).await {
+            // Let go of the file (SQLite's lock) before saying why.
+            store.close().await;
+            return Err(e.into());
+        }
         let bind = |var: &'static str, addr| {
             TcpListener::bind(addr).map_err(|source| StartError::Bind { var, addr, source })
         };
