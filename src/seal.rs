@@ -195,6 +195,18 @@ impl StoreKeys {
         out
     }
 
+    /// A delivery's body and headers, each sealed as its own column.
+    pub fn seal_row(
+        &self,
+        environment: Environment,
+        event_id: &str,
+        body: &[u8],
+        headers: &[u8],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let seal = |column, value| self.seal(column, environment, event_id, value);
+        (seal(Column::Body, body), seal(Column::Headers, headers))
+    }
+
     /// Opens what `seal` made for the same column and delivery.
     pub fn open(
         &self,
@@ -240,18 +252,17 @@ pub fn sealed_key(sealed: &[u8]) -> Option<KeyId> {
     Some(KeyId(id))
 }
 
-/// Opens a stored value with `keys`, for a row the store says is sealed.
-pub fn open_stored(
+/// Opens what `seal_row` made, with `keys` (none configured: refused).
+pub fn open_row(
     keys: Option<&StoreKeys>,
-    column: Column,
     environment: Environment,
     event_id: &str,
-    sealed: &[u8],
-) -> Result<Vec<u8>, SealError> {
-    match keys {
-        Some(keys) => keys.open(column, environment, event_id, sealed),
-        None => Err(SealError::NoKeys),
-    }
+    body: &[u8],
+    headers: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+    let keys = keys.ok_or(SealError::NoKeys)?;
+    let open = |column, value| keys.open(column, environment, event_id, value);
+    Ok((open(Column::Body, body)?, open(Column::Headers, headers)?))
 }
 
 fn associated(header: &[u8], column: Column, environment: Environment, event_id: &str) -> Vec<u8> {
@@ -344,13 +355,7 @@ mod tests {
             Err(SealError::UnknownKey(old.current()))
         );
         assert_eq!(
-            open_stored(
-                None,
-                Column::Headers,
-                Environment::Production,
-                "evt",
-                &by_old
-            ),
+            open_row(None, Environment::Production, "evt", &by_old, &by_old),
             Err(SealError::NoKeys)
         );
         assert_eq!(

@@ -5,9 +5,9 @@
 use futures_util::future::join_all;
 
 use super::rows::{Param, FORMAT, FORMAT_SEALED};
-use super::{ForwardHeaders, Store, StoreError};
+use super::{ForwardHeaders, HeldKey, Store, StoreError};
 use crate::event::Environment;
-use crate::seal::{Column, KeyId, StoreKeys};
+use crate::seal::{self, KeyId, StoreKeys};
 use crate::verify::Credentials;
 
 /// Rows read per statement of a sweep.
@@ -109,12 +109,13 @@ impl Store {
                             }
                         },
                         Some(_) => {
-                            let open = |column, value: &[u8]| {
-                                keys.open(column, environment, &row.event_id, value)
-                            };
-                            match open(Column::Body, &row.body)
-                                .and_then(|b| Ok((b, open(Column::Headers, &row.headers)?)))
-                            {
+                            match seal::open_row(
+                                Some(keys),
+                                environment,
+                                &row.event_id,
+                                &row.body,
+                                &row.headers,
+                            ) {
                                 Ok(opened) => opened,
                                 Err(e) => {
                                     // Left as it is: the claim refuses it
@@ -126,13 +127,13 @@ impl Store {
                             }
                         }
                     };
-                    let seal =
-                        |column, value: &[u8]| keys.seal(column, environment, &row.event_id, value);
+                    let (body, headers) =
+                        keys.seal_row(environment, &row.event_id, &clear.0, &clear.1);
                     let params = vec![
                         Param::Int(row.id),
                         Param::Blob(row.headers),
-                        Param::Blob(seal(Column::Body, &clear.0)),
-                        Param::Blob(seal(Column::Headers, &clear.1)),
+                        Param::Blob(body),
+                        Param::Blob(headers),
                         Param::Text(new_key.clone()),
                     ];
                     rewrites.push(params);
@@ -167,8 +168,7 @@ impl Store {
                 None => (COUNT_CLEAR, vec![]),
                 Some(key) => (COUNT_KEY, vec![Param::Text(key.clone())]),
             };
-            let counted: Vec<(i64,)> = self.operator_rows(sql.to_owned(), params).await?;
-            left += counted.first().map_or(0, |c| c.0.max(0) as u64);
+            left += self.count(sql, params).await?;
         }
         Ok(left)
     }
@@ -192,13 +192,10 @@ impl Store {
                 KeyId::parse(&key).is_some_and(|id| keys.ids().any(|k| k == id))
             });
             if !known {
-                let counted: Vec<(i64,)> = self
-                    .operator_rows(COUNT_KEY.to_owned(), vec![Param::Text(key.clone())])
+                let rows = self
+                    .count(COUNT_KEY, vec![Param::Text(key.clone())])
                     .await?;
-                missing.push((
-                    key.clone(),
-                    counted.first().map_or(0, |c| c.0.max(0) as u64),
-                ));
+                missing.push((key.clone(), rows));
             }
             after = key;
         }
@@ -215,14 +212,10 @@ fn clear_headers<'c>(
     environment: Environment,
     credentials: &impl Fn(Environment) -> Option<&'c Credentials>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let headers = ForwardHeaders::decode(&row.headers)
-        .ok_or_else(|| StoreError::Corrupt(row.id, "headers".to_owned()))?;
-    if !headers.holds_a_key() {
-        return Ok(Some(row.headers.clone()));
+    match ForwardHeaders::replace_held_key(&row.headers, credentials(environment)) {
+        Some(HeldKey::Nothing) => Ok(Some(row.headers.clone())),
+        Some(HeldKey::Replaced(headers)) => Ok(Some(headers)),
+        Some(HeldKey::NoKeys) => Ok(None),
+        None => Err(StoreError::Corrupt(row.id, "headers".to_owned())),
     }
-    Ok(credentials(environment).map(|keys| {
-        headers
-            .without_keys(|value| keys.key_ref_of(value))
-            .encode()
-    }))
 }

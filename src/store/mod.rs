@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType, PaymentId};
-use crate::seal::{Column, KeyId, SealError, StoreKeys};
+use crate::seal::{KeyId, SealError, StoreKeys};
 use crate::verify::{Credentials, KeyRef};
 
 pub use at_rest::Sealing;
@@ -180,6 +180,14 @@ impl Store {
         }
     }
 
+    /// The one count an operators' read answers.
+    async fn count(&self, sql: &str, params: Vec<rows::Param>) -> Result<u64, StoreError> {
+        let counted = self.operator_rows::<(i64,)>(sql.to_owned(), params).await?;
+        Ok(counted
+            .first()
+            .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0)))
+    }
+
     /// A delivery with its attempt history, as the admin API and CLI show it.
     pub async fn detail(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
         let Some(delivery) = self.get(id).await? else {
@@ -260,18 +268,18 @@ impl Store {
             after = last.0;
             let mut nothing_held = Vec::with_capacity(page.len());
             for (id, environment, raw) in page {
-                let Some(headers) = ForwardHeaders::decode(&raw).filter(|h| h.holds_a_key()) else {
-                    nothing_held.push(id);
-                    continue;
-                };
                 let keys = environment.parse().ok().and_then(&credentials);
-                let Some(keys) = keys else {
-                    left += 1;
-                    continue;
+                let new = match ForwardHeaders::replace_held_key(&raw, keys) {
+                    Some(HeldKey::Replaced(new)) => new,
+                    Some(HeldKey::NoKeys) => {
+                        left += 1;
+                        continue;
+                    }
+                    Some(HeldKey::Nothing) | None => {
+                        nothing_held.push(id);
+                        continue;
+                    }
                 };
-                let new = headers
-                    .without_keys(|value| keys.key_ref_of(value))
-                    .encode();
                 let rewritten = match self {
                     Store::Sqlite(s) => s.rewrite_headers(id, raw, new).await?,
                     Store::Postgres(s) => s.rewrite_headers(id, raw, new).await?,
@@ -573,6 +581,16 @@ impl FromStr for Status {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForwardHeaders(Vec<(String, Forward)>);
 
+/// What stored headers hold of an Authorization value in clear (rows a
+/// release before 0005 wrote), and what they become.
+enum HeldKey {
+    Nothing,
+    /// The new headers, with a key reference in its place.
+    Replaced(Vec<u8>),
+    /// Held, but the row's environment has no keys configured now.
+    NoKeys,
+}
+
 /// One forwarded header's value as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Forward {
@@ -603,6 +621,22 @@ impl ForwardHeaders {
         self.0
             .iter()
             .any(|(n, v)| n == "authorization" && matches!(v, Forward::Bytes(_)))
+    }
+
+    /// A stored headers value with an Authorization value held in clear
+    /// replaced by a reference to `keys` (its environment's configured
+    /// keys); `None` when `raw` is not stored headers.
+    fn replace_held_key(raw: &[u8], keys: Option<&Credentials>) -> Option<HeldKey> {
+        let headers = Self::decode(raw)?;
+        Some(match keys {
+            _ if !headers.holds_a_key() => HeldKey::Nothing,
+            Some(keys) => HeldKey::Replaced(
+                headers
+                    .without_keys(|value| keys.key_ref_of(value))
+                    .encode(),
+            ),
+            None => HeldKey::NoKeys,
+        })
     }
 
     /// The same headers with every Authorization value replaced by `key_ref`
@@ -687,12 +721,15 @@ pub struct Sealed {
 
 impl Sealed {
     fn of(event: &NewEvent, keys: &StoreKeys) -> Self {
-        let seal = |column, value: &[u8]| {
-            keys.seal(column, event.environment, event.event_id.as_str(), value)
-        };
+        let (body, headers) = keys.seal_row(
+            event.environment,
+            event.event_id.as_str(),
+            &event.body,
+            &event.headers.encode(),
+        );
         Sealed {
-            body: seal(Column::Body, &event.body),
-            headers: seal(Column::Headers, &event.headers.encode()),
+            body,
+            headers,
             by: keys.current(),
         }
     }

@@ -246,11 +246,7 @@ impl Store {
             d,
             x,
         ];
-        let counted = self
-            .operator_rows::<(i64,)>(MATCHING.to_owned(), params)
-            .await?;
-        let n = counted.first().map_or(0, |(n,)| *n);
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.count(MATCHING, params).await
     }
 
     /// Records a replay, running from now; `matched` is what it matched when made.

@@ -9,7 +9,7 @@ use super::{
     ListFilter, Outcome, StoreError, Timestamp,
 };
 use crate::event::{redact, Environment};
-use crate::seal::{self, Column, StoreKeys};
+use crate::seal::{self, StoreKeys};
 
 /// `$7` received, `$8` the lease end of an event inserted already claimed
 /// (NULL: due now, for the polling claim), `$9` the payment id (or NULL),
@@ -531,13 +531,7 @@ impl ClaimRow {
             .map_err(|_| corrupt("attempts_base"))?;
         let opened = match self.sealed_by {
             None => Ok((self.body, self.headers)),
-            Some(_) => {
-                let open = |column, value: &[u8]| {
-                    seal::open_stored(keys, column, environment, &self.event_id, value)
-                };
-                open(Column::Body, &self.body)
-                    .and_then(|body| Ok((body, open(Column::Headers, &self.headers)?)))
-            }
+            Some(_) => seal::open_row(keys, environment, &self.event_id, &self.body, &self.headers),
         };
         let (body, headers, unopened) = match opened {
             Ok((body, headers)) => (
