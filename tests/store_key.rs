@@ -20,6 +20,11 @@ const KEY_A: &str = "6f1c9a0e3b5d7f2a4c6e8b0d1f3a5c7e9b1d3f5a7c9e1b3d5f7a9c1e3b5
 /// The same kind of key in base64.
 const KEY_B: &str = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=";
 const WAIT: Duration = Duration::from_secs(30);
+/// Sealed with `KEY_A`; dead after three attempts 100 ms apart.
+const SEALED_SHORT_SCHEDULE: &[(&str, &str)] = &[
+    ("RELAY_STORE_KEY", KEY_A),
+    ("RELAY_RETRY_SCHEDULE", "100ms,100ms"),
+];
 
 fn key_id(key: &str) -> String {
     StoreKeys::parse(key)
@@ -127,14 +132,7 @@ async fn rotate_from_a_to_b(app: TestApp, during: impl AsyncFnOnce(&TestApp)) ->
 /// replayed under the new key alone: nothing readable at rest at any point,
 /// and Accelerate gets the bytes and headers Checkout.com sent.
 async fn sealed_at_rest_and_forwarded_unchanged(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            ("RELAY_STORE_KEY", KEY_A),
-            ("RELAY_RETRY_SCHEDULE", "100ms,100ms"),
-        ],
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, SEALED_SHORT_SCHEDULE).await;
     // Sandbox: the first attempt fails (a retry), then every one is delivered.
     app.sandbox.script([Reply::Status(503)]);
     app.sandbox.set_default(Reply::Status(200));
@@ -174,14 +172,7 @@ async fn sealed_at_rest_and_forwarded_unchanged(backend: Backend) {
 /// A row altered in the database, or given another row's sealed body, is
 /// refused with a reason and never forwarded; the others go as always.
 async fn tampered_or_swapped_rows_are_refused(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            ("RELAY_STORE_KEY", KEY_A),
-            ("RELAY_RETRY_SCHEDULE", "100ms,100ms"),
-        ],
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, SEALED_SHORT_SCHEDULE).await;
     app.sandbox.set_default(Reply::Status(503));
     let sent = send_events(&app, "sandbox", "rows", 3).await;
     let app = app

@@ -429,7 +429,7 @@ async fn a_purge_leaves_no_card_holder_data_in_the_sqlite_files() {
     }
     fleet.delivered_once_with_their_own_keys().await;
     stop(relay).await;
-    let holds = |bytes: &[u8]| bytes.windows(holder.len()).any(|w| w == holder.as_bytes());
+    let holds = |bytes: &[u8]| found_in(bytes, &[holder]).is_some();
     assert!(
         holds(&fleet.db.at_rest_bytes()),
         "the events are stored before the purge"
