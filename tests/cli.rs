@@ -406,7 +406,8 @@ async fn healthcheck_exits_0_only_when_the_relay_answers() {
     assert!(run(&["healthcheck"], &[("RELAY_LISTEN", &listen)], b"")
         .status
         .success());
-    let nobody = format!("127.0.0.1:{}", common::process::free_port());
+    let closed = common::process::ClosedPort::new();
+    let nobody = format!("127.0.0.1:{}", closed.port());
     let out = run(&["healthcheck"], &[("RELAY_LISTEN", &nobody)], b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::process::{free_port, statuses, RelayProcess};
+use common::process::{free_port, statuses, ClosedPort, RelayProcess};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -132,7 +132,8 @@ on_both_stores!(kill_9_twenty_times_under_load_loses_nothing);
 #[tokio::test]
 async fn accepted_events_survive_kill_9_while_accelerate_is_down() {
     let dir = tempfile::tempdir().expect("dir");
-    let down = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", free_port());
+    let closed = ClosedPort::new();
+    let down = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", closed.port());
     // Retries that cannot run out while the events are sent, however slow
     // the machine: with the harness's ten 100 ms waits, a first phase over a
     // second (seen in CI) made the earliest events dead before the kill,

@@ -135,8 +135,8 @@ async fn slow_accelerate_times_out_and_is_retried(backend: Backend) {
 
 async fn accelerate_down_then_back_gets_every_event(backend: Backend) {
     // A port nobody listens on yet: connection refused until the mock starts there.
-    let port = process::free_port();
-    let url = format!("http://127.0.0.1:{port}/webhooks/checkoutdotcom");
+    let down = process::ClosedPort::new();
+    let url = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", down.port());
     // Ten seconds of retries: the outage must not outlast them on a slow
     // machine, or the events are (rightly) dead before Accelerate is back.
     let patient = vec!["200ms"; 50].join(",");
@@ -155,9 +155,7 @@ async fn accelerate_down_then_back_gets_every_event(backend: Backend) {
         assert_eq!(status, 200);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let back =
-        MockAccelerate::start_on(std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind"))
-            .await;
+    let back = MockAccelerate::start_on(down.listen()).await;
     let got = back.wait_for(3, WAIT).await;
     assert!(
         got.iter()
@@ -731,8 +729,8 @@ async fn connect_failure(app: &TestApp, event_id: &str) -> String {
 /// its cause: a refused connection, a TLS URL whose server does not speak TLS
 /// (`tls`: nothing reaches it as a request), no answer in time.
 async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
-    let closed = process::free_port();
-    let refused = format!("http://127.0.0.1:{closed}/webhooks/checkoutdotcom");
+    let closed = process::ClosedPort::new();
+    let refused = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", closed.port());
     let plain = MockAccelerate::start().await;
     let not_tls = plain.url().replacen("http://", "https://", 1);
     let app = TestApp::spawn_with(

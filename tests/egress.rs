@@ -306,10 +306,13 @@ async fn a_refusing_or_absent_proxy_is_a_proxy_attempt() {
         .starts_with("CONNECT sbx.api.weaccelerate.com:443 "));
     app.stop().await;
 
-    let closed = process::free_port();
+    let closed = process::ClosedPort::new();
     let app = relay(
         url,
-        &[("HTTPS_PROXY", &format!("http://127.0.0.1:{closed}"))],
+        &[(
+            "HTTPS_PROXY",
+            &format!("http://127.0.0.1:{}", closed.port()),
+        )],
     )
     .await;
     let id = send(&app, "evt_no_proxy_there").await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use common::process::{free_port, statuses, RelayProcess};
+use common::process::{statuses, ClosedPort, RelayProcess};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,8 +45,8 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accelerate_down_then_failing_then_slow_then_back_loses_nothing_with_flat_memory() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/webhooks/checkoutdotcom");
+    let down = ClosedPort::new();
+    let url = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", down.port());
     let schedule = vec!["200ms"; 100].join(",");
     let relay = RelayProcess::start(
         dir.path(),
@@ -77,9 +77,7 @@ async fn accelerate_down_then_failing_then_slow_then_back_loses_nothing_with_fla
             rss.push(rss_kib(pid));
         }
     }
-    let accelerate =
-        MockAccelerate::start_on(std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind"))
-            .await;
+    let accelerate = MockAccelerate::start_on(down.listen()).await;
     // Phase 2: answering 500.
     accelerate.set_default(Reply::Status(500));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -171,7 +169,8 @@ async fn full_disk_answers_503_never_2xx_and_recovers_when_space_is_freed() {
     let _unmount = Unmount(&disk);
     // Accelerate is down while the disk is full, so whatever is answered 200
     // can only reach it later from the file, after a `kill -9` and a restart.
-    let down = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", free_port());
+    let closed = ClosedPort::new();
+    let down = format!("http://127.0.0.1:{}/webhooks/checkoutdotcom", closed.port());
     // The database on the small disk; the relay's log beside it, on the big one.
     let db_url = format!("sqlite://{}", disk.join("relay.db").display());
     // Retries never run out while Accelerate is down: the test is about the store.

@@ -13,6 +13,44 @@ pub struct RelayProcess {
     pub address: String,
 }
 
+/// A loopback port held by a socket that is bound but does not listen, so a
+/// connection to it is refused, as to a server that is down, and no other test
+/// is handed the port in the meantime. (A port from `free_port` that stays
+/// unbound for a while can be taken by a test running beside: once, in CI, a
+/// second relay listened there and accepted events meant for Accelerate.)
+pub struct ClosedPort(socket2::Socket);
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        socket.bind(&any.into()).expect("bind a loopback port");
+        Self(socket)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address")
+            .port()
+    }
+
+    /// The server comes up: the same socket starts listening on the port.
+    pub fn listen(self) -> std::net::TcpListener {
+        self.0.listen(1024).expect("listen");
+        self.0.into()
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A free port on loopback (bound, then released for the relay to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
