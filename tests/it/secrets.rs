@@ -1,7 +1,7 @@
 //! Recognisable secrets, tokens and card holder data go through every kind of
 //! traffic; no log line, answer body or CLI output may show them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! values the store cannot hold are 400 before the database sees them, and
 //! operators' reads never make the relay look down.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

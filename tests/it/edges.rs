@@ -2,7 +2,7 @@
 //! Accelerate's status line decides, which header lines are verified and
 //! forwarded, and that nothing is processed after a closing answer.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! and the paced drain, on both stores and across two PostgreSQL replicas,
 //! against a mock Accelerate that records when each request came.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,8 +1,7 @@
 //! The built binary, killed with `kill -9` or stopped with SIGTERM: nothing
 //! answered 2xx is ever lost.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Faults around the relay: Accelerate down, failing and slow for a long
 //! stretch; the disk under SQLite filling up.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

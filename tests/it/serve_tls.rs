@@ -3,8 +3,7 @@
 //! the files without a restart, the start-up refusals, and the CLI's
 //! healthcheck and replay against it. The store is not involved: SQLite.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

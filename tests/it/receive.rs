@@ -1,7 +1,6 @@
 //! Every row of the contract's answer table, in order, over the real server.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

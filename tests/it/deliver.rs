@@ -1,7 +1,6 @@
 //! Every delivery rule of the contract, observed at a mock Accelerate.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

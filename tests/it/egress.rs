@@ -4,8 +4,7 @@
 //! is not involved, so these run on SQLite only; the admin API shows the
 //! outcomes.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -320,7 +319,8 @@ async fn a_refusing_or_absent_proxy_is_a_proxy_attempt() {
     assert_eq!(outcome, "proxy", "{message}");
     assert!(
         message.starts_with(&format!(
-            "could not connect to the proxy http://127.0.0.1:{closed} (HTTPS_PROXY): "
+            "could not connect to the proxy http://127.0.0.1:{} (HTTPS_PROXY): ",
+            closed.port()
         )) && message.contains("refused"),
         "{message}"
     );

@@ -1,7 +1,7 @@
 //! Hostile HTTP: each gets a clear 4xx, nothing is stored, and the relay keeps
 //! answering real webhooks meanwhile.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

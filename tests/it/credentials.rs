@@ -4,8 +4,7 @@
 //! the operator's paths (Bearer in any case, HEAD, 405 with Allow, the
 //! console's own page for 413/415).
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

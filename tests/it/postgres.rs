@@ -1,7 +1,7 @@
 //! Several relay replicas on one PostgreSQL database. (The receive and deliver
 //! suites also run on PostgreSQL: see `on_both_stores!` in those files.)
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! WebDriver), against the real relay on port 0 with mock Accelerates, on
 //! both stores; and its headers and cookie over plain HTTP.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -6,7 +6,6 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 
@@ -56,7 +55,6 @@ struct State {
 pub struct MockAccelerate {
     port: u16,
     state: Arc<State>,
-    handle: ServerHandle,
 }
 
 impl MockAccelerate {
@@ -78,13 +76,9 @@ impl MockAccelerate {
         .listen(listener)
         .expect("mock listens")
         .run();
-        let handle = server.handle();
+        // Runs until the test's runtime ends.
         tokio::spawn(server);
-        MockAccelerate {
-            port,
-            state,
-            handle,
-        }
+        MockAccelerate { port, state }
     }
 
     pub fn port(&self) -> u16 {
@@ -137,10 +131,6 @@ impl MockAccelerate {
         found().unwrap_or_else(|| {
             panic!("mock Accelerate: the expected request did not come within {within:?}")
         })
-    }
-
-    pub async fn stop(&self) {
-        self.handle.stop(false).await;
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 /// The commit `tests/PREVIOUS_RELEASE` names.
 pub fn previous_commit() -> String {
-    let named = include_str!("../PREVIOUS_RELEASE");
+    let named = include_str!("../../PREVIOUS_RELEASE");
     named
         .lines()
         .map(str::trim)

@@ -1,6 +1,6 @@
 //! The command line as an operator uses it: the built binary, its output and exit code.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

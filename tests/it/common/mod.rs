@@ -1,6 +1,5 @@
 //! Test harness: the real application on port 0 with a temporary SQLite file,
 //! mock Accelerates that are real HTTP servers, and Checkout.com-style signing.
-#![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod browser;
 pub mod db;

@@ -2,8 +2,7 @@
 //! incident: over the admin API, the CLI and two PostgreSQL replicas, against
 //! a mock Accelerate that records every request.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

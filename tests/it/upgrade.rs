@@ -2,7 +2,7 @@
 //! built from its commit) beside this build on one database, and the fence
 //! a newer release's migration closes under this one.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,8 +1,7 @@
 //! The operator's surface over the real server: the admin API behind its
 //! bearer token, on its own listener or the webhook port, and `/metrics`.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! rotation and conversion of a clear store under load, tampered and
 //! swapped rows refused, a missing key refused at start-up.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
