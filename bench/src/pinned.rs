@@ -73,6 +73,9 @@ pub async fn run(
             match create_pg_database(&args.postgres).await {
                 Ok((url, name)) => {
                     let phase = relay_phase(args, events, clock, work, &url, true, Https::No).await;
+                    if std::env::var_os("BENCH_PG_STATS").is_some() {
+                        print_pg_stats(&url, &name).await;
+                    }
                     drop_pg_database(&args.postgres, &name).await;
                     Some(phase?)
                 }
@@ -101,6 +104,60 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// What PostgreSQL did per stored event in the phase, from its own
+/// statistics (`BENCH_PG_STATS=1`): transactions, rows written, each
+/// index's scans. Read after the relay stopped, so its sessions have
+/// reported; attributes the database's CPU per event between builds.
+async fn print_pg_stats(url: &str, name: &str) {
+    use sqlx::Connection;
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        eprintln!("BENCH_PG_STATS: could not connect to {name}");
+        return;
+    };
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0);
+    let per = |n: i64| n as f64 / events.max(1) as f64;
+    let xact: i64 = sqlx::query_scalar(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or(0);
+    eprintln!(
+        "BENCH_PG_STATS {name}: {events} events, {:.3} transactions per event",
+        per(xact)
+    );
+    let tables: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, seq_scan, COALESCE(idx_scan, 0), n_tup_ins, n_tup_upd, \
+         n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables ORDER BY relname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    for (table, seq, idx, ins, upd, hot, del) in tables {
+        eprintln!(
+            "  table {table}: per event seq_scan {:.3} idx_scan {:.3} ins {:.3} upd {:.3} (hot {:.3}) del {:.3}",
+            per(seq), per(idx), per(ins), per(upd), per(hot), per(del)
+        );
+    }
+    let indexes: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT indexrelname::text, idx_scan, idx_tup_read FROM pg_stat_user_indexes ORDER BY indexrelname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    for (index, scans, read) in indexes {
+        eprintln!(
+            "  index {index}: per event scans {:.3} tuples read {:.3}",
+            per(scans),
+            per(read)
+        );
+    }
 }
 
 async fn proxy_phase(
