@@ -129,7 +129,8 @@ async fn a_pause_holds_across_a_restart(backend: Backend) {
     // when two connections race; seen once in CI's full run.)
     let mut sent = Vec::new();
     for id in &oldest_first {
-        sent.push((first_attempt_started(&app, id).await, id.clone()));
+        let first = app.history_of(id, 1).await.remove(0);
+        sent.push((first.started_at, id.clone()));
     }
     sent.sort();
     let sent: Vec<String> = sent.into_iter().map(|(_, id)| id).collect();
@@ -140,28 +141,6 @@ async fn a_pause_holds_across_a_restart(backend: Backend) {
         "the pause spent an attempt"
     );
     app.stop().await;
-}
-
-/// When the relay started `event_id`'s first attempt, as it recorded it.
-async fn first_attempt_started(app: &TestApp, event_id: &str) -> String {
-    let filter =
-        accelerate_relay::store::ListFilter::parse([("event_id", event_id)]).expect("filter");
-    for _ in 0..100 {
-        let listed = app.store.list(&filter).await.expect("list");
-        if let Some(found) = listed.first() {
-            let detail = app
-                .store
-                .detail(found.id.parse().expect("id"))
-                .await
-                .expect("detail")
-                .expect("found");
-            if let Some(first) = detail.attempt_history.first() {
-                return first.started_at.clone();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{event_id}: no attempt recorded");
 }
 
 /// With a short retry schedule and Accelerate down far longer, nothing

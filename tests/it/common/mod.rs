@@ -165,6 +165,39 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The attempt history of the one delivery of `event_id`, once it has `n` attempts.
+    pub async fn history_of(
+        &self,
+        event_id: &str,
+        n: usize,
+    ) -> Vec<accelerate_relay::store::AttemptView> {
+        let mut history = Vec::new();
+        for _ in 0..200 {
+            let listed = self
+                .store
+                .list(
+                    &accelerate_relay::store::ListFilter::parse([("event_id", event_id)])
+                        .expect("filter"),
+                )
+                .await
+                .expect("list");
+            if let Some(found) = listed.first() {
+                let detail = self
+                    .store
+                    .detail(found.id.parse().expect("id"))
+                    .await
+                    .expect("detail")
+                    .expect("found");
+                history = detail.attempt_history;
+                if history.len() >= n {
+                    return history;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{event_id}: {n} attempts expected, history {history:?}");
+    }
+
     pub async fn spawn(backend: Backend) -> Self {
         Self::spawn_with(backend, &[]).await
     }

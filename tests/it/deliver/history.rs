@@ -32,7 +32,7 @@ async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backe
             ],
         ),
     ] {
-        let history = history_of(&app, id, expected.len()).await;
+        let history = app.history_of(id, expected.len()).await;
         let history: Vec<(u32, Option<u16>, &str)> = history
             .iter()
             .map(|a| (a.attempt, a.http_status, a.outcome.as_str()))
@@ -40,39 +40,6 @@ async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backe
         assert_eq!(history, expected, "{id}");
     }
     app.stop().await;
-}
-
-/// The attempt history of the one delivery of `event_id`, once it has `n` attempts.
-async fn history_of(
-    app: &TestApp,
-    event_id: &str,
-    n: usize,
-) -> Vec<accelerate_relay::store::AttemptView> {
-    let mut history = Vec::new();
-    for _ in 0..200 {
-        let listed = app
-            .store
-            .list(
-                &accelerate_relay::store::ListFilter::parse([("event_id", event_id)])
-                    .expect("filter"),
-            )
-            .await
-            .expect("list");
-        if let Some(found) = listed.first() {
-            let detail = app
-                .store
-                .detail(found.id.parse().expect("id"))
-                .await
-                .expect("detail")
-                .expect("found");
-            history = detail.attempt_history;
-            if history.len() >= n {
-                return history;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{event_id}: {n} attempts expected, history {history:?}");
 }
 
 /// Each attempt's outcome and message.
@@ -86,7 +53,7 @@ fn outcomes(history: Vec<accelerate_relay::store::AttemptView>) -> Vec<(String, 
 /// The cause recorded for an event's first attempt, which must have failed
 /// to connect.
 async fn connect_failure(app: &TestApp, event_id: &str) -> String {
-    let first = outcomes(history_of(app, event_id, 1).await).remove(0);
+    let first = outcomes(app.history_of(event_id, 1).await).remove(0);
     assert_eq!(first.0, "connect", "{first:?}");
     match first.1.strip_prefix("could not connect to Accelerate: ") {
         Some(cause) => cause.to_owned(),
@@ -116,7 +83,7 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     let refused = connect_failure(&app, "evt_refused").await;
     assert!(refused.contains("refused"), "{refused}");
     // A failed TLS handshake is an outcome of its own, saying what to check.
-    let (kind, not_tls) = outcomes(history_of(&app, "evt_not_tls", 1).await).remove(0);
+    let (kind, not_tls) = outcomes(app.history_of("evt_not_tls", 1).await).remove(0);
     assert_eq!(kind, "tls", "{not_tls}");
     assert!(
         not_tls.starts_with("TLS with Accelerate failed: ")
@@ -138,7 +105,7 @@ async fn each_kind_of_failure_is_named_in_the_history(backend: Backend) {
     app.sandbox
         .script([Reply::Slow(Duration::from_secs(2), 200)]);
     app.send("sandbox", approved_event("evt_slow_kind")).await;
-    let slow = outcomes(history_of(&app, "evt_slow_kind", 1).await);
+    let slow = outcomes(app.history_of("evt_slow_kind", 1).await);
     assert_eq!(
         slow,
         [("timeout".to_owned(), "no answer within 300 ms".to_owned())]
