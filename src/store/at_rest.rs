@@ -2,6 +2,7 @@
 //! is stored in clear and moves rows of an older key to the first one, and
 //! the start-up check that every sealed row has its key configured.
 
+use super::backend::Backend;
 use futures_util::future::join_all;
 
 use super::rows::{Param, FORMAT, FORMAT_SEALED};
@@ -82,7 +83,9 @@ impl Store {
                 let page: Vec<StoredRow> = match source {
                     None => {
                         let params = vec![Param::Int(after), Param::Int(PAGE)];
-                        self.operator_rows(CLEAR_PAGE.to_owned(), params).await?
+                        self.engine
+                            .operator_rows(CLEAR_PAGE.to_owned(), params)
+                            .await?
                     }
                     Some(key) => {
                         let params = vec![
@@ -90,7 +93,9 @@ impl Store {
                             Param::Int(PAGE),
                             Param::Text(key.clone()),
                         ];
-                        self.operator_rows(KEY_PAGE.to_owned(), params).await?
+                        self.engine
+                            .operator_rows(KEY_PAGE.to_owned(), params)
+                            .await?
                     }
                 };
                 let Some(last) = page.last() else { break };
@@ -140,8 +145,12 @@ impl Store {
                 }
                 spent += rewrites.len() as u64;
                 // Sent together: the SQLite writer commits them as one batch.
-                for done in
-                    join_all(rewrites.into_iter().map(|p| self.exec(RESEAL.as_str(), p))).await
+                for done in join_all(
+                    rewrites
+                        .into_iter()
+                        .map(|p| self.engine.exec(RESEAL.as_str(), p)),
+                )
+                .await
                 {
                     round.sealed += done?;
                 }
@@ -153,9 +162,7 @@ impl Store {
             round.waiting_for_credentials
         };
         if round.sealed > 0 {
-            if let Store::Sqlite(s) = self {
-                s.scrub_wal();
-            }
+            self.engine.scrub_wal();
         }
         Ok(round)
     }
@@ -183,6 +190,7 @@ impl Store {
         let mut after = String::new();
         loop {
             let next: Vec<(i64, String)> = self
+                .engine
                 .operator_rows(NEXT_KEY.to_owned(), vec![Param::Text(after.clone())])
                 .await?;
             let Some((_, key)) = next.into_iter().next() else {

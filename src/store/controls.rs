@@ -5,6 +5,7 @@
 //! win a probe, never take the same attempt slot and never disagree on
 //! whether an environment is paused for longer than their refresh.
 
+use super::backend::Backend;
 use std::time::Duration;
 
 use super::rows::{ControlRow, Param};
@@ -62,6 +63,7 @@ impl Store {
     /// the controls set).
     pub async fn controls(&self) -> Result<Vec<(Environment, Control)>, StoreError> {
         let rows = self
+            .engine
             .operator_rows::<ControlRow>(COLUMNS.to_owned(), Vec::new())
             .await?;
         Ok(rows
@@ -95,12 +97,12 @@ impl Store {
             Param::Int(now.0),
             Param::Text(actor.into()),
         ];
-        Ok(self.exec(PAUSE, params).await? > 0)
+        Ok(self.engine.exec(PAUSE, params).await? > 0)
     }
 
     /// `true` when this call resumed it (`false`: it was not paused).
     pub async fn resume(&self, environment: Environment) -> Result<bool, StoreError> {
-        Ok(self.exec(RESUME, vec![env(environment)]).await? > 0)
+        Ok(self.engine.exec(RESUME, vec![env(environment)]).await? > 0)
     }
 
     /// Counts a failed attempt; `Some(at)` when the breaker is open
@@ -118,13 +120,13 @@ impl Store {
             Param::Int(i64::from(to_open)),
             Param::Int(now.plus(probe_every).0),
         ];
-        let opened = self.returning(FAILED, params).await?;
+        let opened = self.engine.returning(FAILED, params).await?;
         Ok((opened > 0).then_some(Timestamp(opened)))
     }
 
     /// `true` when this reset a count or closed the breaker.
     pub async fn count_answered(&self, environment: Environment) -> Result<bool, StoreError> {
-        Ok(self.exec(ANSWERED, vec![env(environment)]).await? > 0)
+        Ok(self.engine.exec(ANSWERED, vec![env(environment)]).await? > 0)
     }
 
     /// `true` when this replica may send the breaker's next probe now.
@@ -139,11 +141,12 @@ impl Store {
             Param::Int(now.0),
             Param::Int(now.plus(probe_every).0),
         ];
-        Ok(self.exec(PROBE, params).await? > 0)
+        Ok(self.engine.exec(PROBE, params).await? > 0)
     }
 
     pub async fn hold(&self, environment: Environment, until: Timestamp) -> Result<(), StoreError> {
-        self.exec(HOLD, vec![env(environment), Param::Int(until.0)])
+        self.engine
+            .exec(HOLD, vec![env(environment), Param::Int(until.0)])
             .await
             .map(|_| ())
     }
@@ -159,7 +162,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let span = i64::from(slots) * i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
         let params = vec![env(environment), Param::Int(now_us), Param::Int(span)];
-        Ok(self.returning(PACE, params).await? - span)
+        Ok(self.engine.returning(PACE, params).await? - span)
     }
 }
 

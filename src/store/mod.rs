@@ -6,6 +6,7 @@
 //! once the lease runs out.
 
 mod at_rest;
+mod backend;
 mod controls;
 mod postgres;
 mod replays;
@@ -24,6 +25,8 @@ use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType, PaymentId};
 use crate::seal::{KeyId, SealError, StoreKeys};
 use crate::verify::{Credentials, KeyRef};
+
+use backend::{Backend, Engine};
 
 pub use at_rest::Sealing;
 pub use controls::Control;
@@ -85,11 +88,11 @@ impl Schema {
     }
 }
 
-/// The store the relay runs on, chosen by `RELAY_DATABASE_URL`.
+/// The store the relay runs on, chosen by `RELAY_DATABASE_URL` when it is
+/// opened and never again: every call below goes through `Backend`.
 #[derive(Clone)]
-pub enum Store {
-    Sqlite(SqliteStore),
-    Postgres(PgStore),
+pub struct Store {
+    engine: Engine,
 }
 
 impl Store {
@@ -97,11 +100,13 @@ impl Store {
     /// backend needs in the background (the SQLite writer).
     pub async fn open(config: &DatabaseConfig, role: Role) -> Result<Self, StoreError> {
         let url = config.url.expose();
-        if url.starts_with("sqlite:") {
+        let engine = if url.starts_with("sqlite:") {
             let keys = config.store_key.clone();
-            return Ok(Store::Sqlite(SqliteStore::open(url, role, keys).await?));
-        }
-        Ok(Store::Postgres(PgStore::open(config, role).await?))
+            Engine::Sqlite(SqliteStore::open(url, role, keys).await?)
+        } else {
+            Engine::Postgres(PgStore::open(config, role).await?)
+        };
+        Ok(Store { engine })
     }
 
     /// Stores a new event with its pending delivery, or reports that its id was
@@ -110,10 +115,7 @@ impl Store {
         if let Some(keys) = self.keys() {
             event.sealed = Some(Sealed::of(&event, keys));
         }
-        match self {
-            Store::Sqlite(s) => s.accept(event).await,
-            Store::Postgres(s) => s.accept(event).await,
-        }
+        self.engine.accept(event).await
     }
 
     /// Leases up to `limit` due deliveries of `environment` until `now +
@@ -125,10 +127,10 @@ impl Store {
         environment: Environment,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let found = match self {
-            Store::Sqlite(s) => s.claim_due(now, lease, environment, limit).await?,
-            Store::Postgres(s) => s.claim_due(now, lease, environment, limit).await?,
-        };
+        let found = self
+            .engine
+            .claim_due(now, lease, environment, limit)
+            .await?;
         let keys = self.keys();
         found
             .into_iter()
@@ -138,10 +140,7 @@ impl Store {
 
     /// `RELAY_STORE_KEY`, when set.
     pub fn keys(&self) -> Option<&StoreKeys> {
-        match self {
-            Store::Sqlite(s) => s.keys.as_deref(),
-            Store::Postgres(s) => s.keys.as_deref(),
-        }
+        self.engine.keys()
     }
 
     /// Records how an attempt ended, and the attempt in the delivery's history,
@@ -154,35 +153,15 @@ impl Store {
         outcome: Outcome,
         attempt: AttemptRecord,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.finish(claim, outcome, attempt).await,
-            Store::Postgres(s) => s.finish(claim, outcome, attempt).await,
-        }
-    }
-
-    /// Rows of an operators' read (sessions, replays, counts), on their own
-    /// connections, from the SQL both backends share.
-    async fn operator_rows<T>(
-        &self,
-        sql: String,
-        params: Vec<rows::Param>,
-    ) -> Result<Vec<T>, StoreError>
-    where
-        T: sqlite::SqliteRow
-            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-            + Send
-            + Unpin
-            + 'static,
-    {
-        match self {
-            Store::Sqlite(s) => s.operator_rows(sql, params).await,
-            Store::Postgres(s) => s.operator_rows(&sql, &params).await,
-        }
+        self.engine.finish(claim, outcome, attempt).await
     }
 
     /// The one count an operators' read answers.
     async fn count(&self, sql: &str, params: Vec<rows::Param>) -> Result<u64, StoreError> {
-        let counted = self.operator_rows::<(i64,)>(sql.to_owned(), params).await?;
+        let counted = self
+            .engine
+            .operator_rows::<(i64,)>(sql.to_owned(), params)
+            .await?;
         Ok(counted
             .first()
             .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0)))
@@ -202,30 +181,21 @@ impl Store {
 
     /// A delivery's attempts, oldest first.
     pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.attempts(id).await,
-            Store::Postgres(s) => s.attempts(id).await,
-        }
+        self.engine.attempts(id).await
     }
 
     /// Pending and dead counts and the oldest pending event per environment,
     /// for the metrics scrape. Reads the pending rows through the due index
     /// and the dead ones through an index of their own.
     pub async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.gauges().await,
-            Store::Postgres(s) => s.gauges().await,
-        }
+        self.engine.gauges().await
     }
 
     /// Per environment, what waits, what was delivered (and is still kept)
     /// and what is dead, for the console's overview.
     pub async fn counts(&self) -> Result<Vec<Counts>, StoreError> {
         let gauges = self.gauges().await?;
-        let delivered = match self {
-            Store::Sqlite(s) => s.delivered_counts().await?,
-            Store::Postgres(s) => s.delivered_counts().await?,
-        };
+        let delivered = self.engine.delivered_counts().await?;
         Ok(Environment::ALL
             .iter()
             .map(|env| {
@@ -260,10 +230,7 @@ impl Store {
         const PAGE: i64 = 500;
         let (mut converted, mut left, mut after) = (0, 0, 0);
         loop {
-            let page = match self {
-                Store::Sqlite(s) => s.old_format_page(after, PAGE).await?,
-                Store::Postgres(s) => s.old_format_page(after, PAGE).await?,
-            };
+            let page = self.engine.old_format_page(after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.0;
             let mut nothing_held = Vec::with_capacity(page.len());
@@ -280,64 +247,41 @@ impl Store {
                         continue;
                     }
                 };
-                let rewritten = match self {
-                    Store::Sqlite(s) => s.rewrite_headers(id, raw, new).await?,
-                    Store::Postgres(s) => s.rewrite_headers(id, raw, new).await?,
-                };
+                let rewritten = self.engine.rewrite_headers(id, raw, new).await?;
                 converted += u64::from(rewritten);
             }
             if !nothing_held.is_empty() {
-                match self {
-                    Store::Sqlite(s) => s.mark_format(&nothing_held).await?,
-                    Store::Postgres(s) => s.mark_format(&nothing_held).await?,
-                };
+                self.engine.mark_format(&nothing_held).await?;
             }
         }
         if converted > 0 {
-            if let Store::Sqlite(s) = self {
-                s.scrub_wal();
-            }
+            self.engine.scrub_wal();
         }
         Ok((converted, left))
     }
 
     /// The schema in the database beside the one this release knows.
     pub async fn schema(&self) -> Result<Schema, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.schema().await,
-            Store::Postgres(s) => s.schema().await,
-        }
+        self.engine.schema().await
     }
 
     /// Gives back a claim whose attempt was never started (a clean shutdown):
     /// lease cleared, due at `now`, the attempt count as before the claim.
     pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.release(claim, now).await,
-            Store::Postgres(s) => s.release(claim, now).await,
-        }
+        self.engine.release(claim, now).await
     }
 
     /// The earliest time a pending delivery becomes due, so the worker can sleep until then.
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.next_due().await,
-            Store::Postgres(s) => s.next_due().await,
-        }
+        self.engine.next_due().await
     }
 
     pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.get(id).await,
-            Store::Postgres(s) => s.get(id).await,
-        }
+        self.engine.get(id).await
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.list(filter).await,
-            Store::Postgres(s) => s.list(filter).await,
-        }
+        self.engine.list(filter).await
     }
 
     /// How the database would answer `list(filter)`: its query plan, one
@@ -350,19 +294,12 @@ impl Store {
         filter: &ListFilter,
         small_table: bool,
     ) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.list_plan(filter).await,
-            Store::Postgres(s) => s.list_plan(filter, small_table).await,
-        }
+        self.engine.list_plan(filter, small_table).await
     }
 
     /// Makes a delivery (of any status) pending and due now; `false` when it does not exist.
     pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<Retried, StoreError> {
-        let done = match self {
-            Store::Sqlite(s) => s.retry(id, now).await?,
-            Store::Postgres(s) => s.retry(id, now).await?,
-        };
-        if done {
+        if self.engine.retry(id, now).await? {
             return Ok(Retried::Due);
         }
         Ok(match self.get(id).await? {
@@ -380,35 +317,23 @@ impl Store {
         now: Timestamp,
         environment: Option<Environment>,
     ) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.retry_dead(now, environment).await,
-            Store::Postgres(s) => s.retry_dead(now, environment).await,
-        }
+        self.engine.retry_dead(now, environment).await
     }
 
     /// Deletes delivered events received before `before` (they hold card holder
     /// data). Pending and dead deliveries are never deleted by the relay.
     pub async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.purge_delivered(before).await,
-            Store::Postgres(s) => s.purge_delivered(before).await,
-        }
+        self.engine.purge_delivered(before).await
     }
 
     /// Whether the store answers, for `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ping().await,
-            Store::Postgres(s) => s.ping().await,
-        }
+        self.engine.ping().await
     }
 
     /// Lets writes in flight commit, then closes the database.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-            Store::Postgres(s) => s.close().await,
-        }
+        self.engine.close().await
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::backend::{Backend, OperatorRow};
 use super::replays::{self, ReplayId, Stepped};
 use super::rows::{self, AttemptRow, ClaimRow, DeliveryRow, HeadersRow, Param, Value};
 use super::{
@@ -189,13 +190,30 @@ impl PgStore {
         })
     }
 
+    /// The `received_at` of a listing's cursor row, if it has one and it is kept.
+    async fn cursor_at(&self, filter: &ListFilter) -> Result<Option<i64>, StoreError> {
+        let Some(cursor) = filter.before else {
+            return Ok(None);
+        };
+        let query = sqlx::query_scalar(rows::CURSOR_AT)
+            .bind(cursor.0)
+            .fetch_optional(&self.admin);
+        bounded(self.timeout, query).await
+    }
+}
+
+impl Backend for PgStore {
+    fn keys(&self) -> Option<&StoreKeys> {
+        self.keys.as_deref()
+    }
+
     /// `Ok` once the event's group is committed: PostgreSQL has flushed the
     /// commit (`synchronous_commit` on, its default) when the insert returns.
-    pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
+    async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
         self.accepts.submit(event, self.timeout).await
     }
 
-    pub async fn claim_due(
+    async fn claim_due(
         &self,
         now: Timestamp,
         lease: Duration,
@@ -214,7 +232,7 @@ impl PgStore {
 
     /// Outcomes are committed in groups too: without, each was a WAL flush of
     /// its own, about one per event delivered.
-    pub async fn finish(
+    async fn finish(
         &self,
         claim: &Claimed,
         outcome: Outcome,
@@ -224,7 +242,7 @@ impl PgStore {
         self.outcomes.submit(row, self.timeout).await
     }
 
-    pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
+    async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
         let found: Vec<AttemptRow> = sqlx::query_as(rows::ATTEMPTS)
             .bind(id.0)
             .fetch_all(&self.admin)
@@ -233,7 +251,7 @@ impl PgStore {
     }
 
     /// Bounded by the statement timeout, so a slow database cannot hang a scrape.
-    pub async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
+    async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
         let query = sqlx::query_as::<_, (String, i64, i64, Option<i64>)>(rows::GAUGES)
             .fetch_all(&self.pool);
         Ok(bounded(self.timeout, query)
@@ -248,7 +266,7 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let query =
             sqlx::query_as::<_, (String, i64)>(rows::DELIVERED_COUNTS).fetch_all(&self.admin);
         Ok(bounded(self.timeout, query)
@@ -258,11 +276,7 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn old_format_page(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<HeadersRow>, StoreError> {
+    async fn old_format_page(&self, after: i64, limit: i64) -> Result<Vec<HeadersRow>, StoreError> {
         Ok(sqlx::query_as(rows::OLD_FORMAT_PAGE)
             .bind(after)
             .bind(limit)
@@ -270,7 +284,7 @@ impl PgStore {
             .await?)
     }
 
-    pub async fn rewrite_headers(
+    async fn rewrite_headers(
         &self,
         id: i64,
         old: Vec<u8>,
@@ -286,7 +300,7 @@ impl PgStore {
     }
 
     /// Moves rows that hold nothing to convert to the current format.
-    pub async fn mark_format(&self, ids: &[i64]) -> Result<u64, StoreError> {
+    async fn mark_format(&self, ids: &[i64]) -> Result<u64, StoreError> {
         let done = sqlx::query(&rows::MARK_FORMAT_POSTGRES)
             .bind(ids)
             .execute(&self.pool)
@@ -296,13 +310,13 @@ impl PgStore {
 
     /// The newest migration applied to the database (0: none) and the
     /// newest this release has.
-    pub async fn schema(&self) -> Result<Schema, StoreError> {
+    async fn schema(&self) -> Result<Schema, StoreError> {
         schema_of(&self.pool).await
     }
 
-    pub async fn exec(&self, sql: &'static str, params: &[Param]) -> Result<u64, StoreError> {
+    async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
         let mut query = sqlx::query(sql);
-        for param in params {
+        for param in &params {
             query = bind!(query, param.as_value());
         }
         Ok(bounded(self.timeout, query.execute(&self.pool))
@@ -312,29 +326,26 @@ impl PgStore {
 
     /// Rows of an operators' read (sessions, replays, counts), on their
     /// own connections.
-    pub(super) async fn operator_rows<T>(
+    async fn operator_rows<T: OperatorRow>(
         &self,
-        sql: &str,
-        params: &[Param],
-    ) -> Result<Vec<T>, StoreError>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-    {
-        let mut query = sqlx::query_as::<_, T>(sql);
-        for param in params {
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut query = sqlx::query_as::<_, T>(&sql);
+        for param in &params {
             query = bind!(query, param.as_value());
         }
         bounded(self.timeout, query.fetch_all(&self.admin)).await
     }
 
-    pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(rows::NEXT_DUE)
             .fetch_one(&self.pool)
             .await?;
         Ok(due.map(Timestamp))
     }
 
-    pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+    async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
         let row: Option<DeliveryRow> = sqlx::query_as(&rows::get_sql())
             .bind(id.0)
             .fetch_optional(&self.admin)
@@ -342,7 +353,7 @@ impl PgStore {
         Ok(row.map(Delivery::from))
     }
 
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
         let cursor_at = self.cursor_at(filter).await?;
         let (sql, values) = rows::list_query(filter, cursor_at);
         let mut query = sqlx::query_as::<_, DeliveryRow>(&sql);
@@ -353,18 +364,7 @@ impl PgStore {
         Ok(found.into_iter().map(Delivery::from).collect())
     }
 
-    /// The `received_at` of a listing's cursor row, if it has one and it is kept.
-    async fn cursor_at(&self, filter: &ListFilter) -> Result<Option<i64>, StoreError> {
-        let Some(cursor) = filter.before else {
-            return Ok(None);
-        };
-        let query = sqlx::query_scalar(rows::CURSOR_AT)
-            .bind(cursor.0)
-            .fetch_optional(&self.admin);
-        bounded(self.timeout, query).await
-    }
-
-    pub async fn list_plan(
+    async fn list_plan(
         &self,
         filter: &ListFilter,
         small_table: bool,
@@ -387,7 +387,7 @@ impl PgStore {
         Ok(plan)
     }
 
-    pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
+    async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
         let release = sqlx::query(rows::RELEASE)
             .bind(claim.id.0)
             .bind(i64::from(claim.attempt))
@@ -396,7 +396,7 @@ impl PgStore {
         bounded(self.timeout, release).await.map(|_| ())
     }
 
-    pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
+    async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(rows::RETRY_ONE_KEEP)
             .bind(id.0)
@@ -412,7 +412,7 @@ impl PgStore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn retry_dead(
+    async fn retry_dead(
         &self,
         now: Timestamp,
         environment: Option<Environment>,
@@ -433,9 +433,13 @@ impl PgStore {
     }
 
     /// The id an insert returns.
-    pub async fn insert_returning(&self, sql: &str, params: &[Param]) -> Result<i64, StoreError> {
+    async fn insert_returning(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<i64, StoreError> {
         let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in params {
+        for param in &params {
             query = bind!(query, param.as_value());
         }
         bounded(self.timeout, query.fetch_one(&self.admin)).await
@@ -443,16 +447,16 @@ impl PgStore {
 
     /// One number a statement returns, on the relay's own pool (delivery
     /// control: its statements are on the delivery path).
-    pub async fn returning(&self, sql: &str, params: &[Param]) -> Result<i64, StoreError> {
+    async fn returning(&self, sql: &'static str, params: Vec<Param>) -> Result<i64, StoreError> {
         let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in params {
+        for param in &params {
             query = bind!(query, param.as_value());
         }
         bounded(self.timeout, query.fetch_one(&self.pool)).await
     }
 
     /// Rows of two numbers, on the relay's own pool (the replay runner's reads).
-    pub async fn pairs(&self, sql: &str) -> Result<Vec<(i64, i64)>, StoreError> {
+    async fn pairs(&self, sql: &'static str) -> Result<Vec<(i64, i64)>, StoreError> {
         bounded(self.timeout, sqlx::query_as(sql).fetch_all(&self.pool)).await
     }
 
@@ -460,7 +464,7 @@ impl PgStore {
     /// second replica taking the same step waits and then finds it not due;
     /// the deliveries it reaches are locked too, so no claim starts an
     /// attempt between the step's look at them and its update.
-    pub async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
+    async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
         bounded(self.timeout, async {
             let mut tx = self.pool.begin().await?;
             let found: Option<(String, i64, i64, String, i64, i64)> =
@@ -532,7 +536,7 @@ impl PgStore {
     }
 
     /// Attempts go with their deliveries (the foreign key cascades).
-    pub async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             let n = sqlx::query(rows::PURGE_DELIVERED)
@@ -548,13 +552,13 @@ impl PgStore {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         bounded(self.timeout, sqlx::query("SELECT 1").execute(&self.pool))
             .await
             .map(|_| ())
     }
 
-    pub async fn close(&self) {
+    async fn close(&self) {
         self.admin.close().await;
         self.pool.close().await;
     }

@@ -7,6 +7,7 @@
 //! (and, on PostgreSQL, the deliveries it reaches), so two replicas never
 //! take the same step, and `next_step_at` paces the fleet, not each replica.
 
+use super::backend::Backend;
 use std::fmt;
 use std::str::FromStr;
 
@@ -266,10 +267,7 @@ impl Store {
             Param::Int(now.0),
             Param::Text(actor.to_owned()),
         ];
-        let id = match self {
-            Store::Sqlite(s) => s.insert_returning(INSERT, params).await?,
-            Store::Postgres(s) => s.insert_returning(INSERT, &params).await?,
-        };
+        let id = self.engine.insert_returning(INSERT, params).await?;
         Ok(ReplayId(id))
     }
 
@@ -292,15 +290,12 @@ impl Store {
     /// due is sent, nothing more. `false` when it was not running.
     pub async fn cancel_replay(&self, id: ReplayId, now: Timestamp) -> Result<bool, StoreError> {
         let params = vec![Param::Int(id.0), Param::Int(now.0)];
-        Ok(self.exec(CANCEL, params).await? > 0)
+        Ok(self.engine.exec(CANCEL, params).await? > 0)
     }
 
     /// The running replays, each with the time of its next step.
     pub async fn running_replays(&self) -> Result<Vec<(ReplayId, Timestamp)>, StoreError> {
-        let found = match self {
-            Store::Sqlite(s) => s.pairs(RUNNING).await?,
-            Store::Postgres(s) => s.pairs(RUNNING).await?,
-        };
+        let found = self.engine.pairs(RUNNING).await?;
         Ok(found
             .into_iter()
             .map(|(id, at)| (ReplayId(id), Timestamp(at)))
@@ -309,10 +304,7 @@ impl Store {
 
     /// One step of a replay, if it is running and due (else nothing happens).
     pub async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.replay_step(id, now).await,
-            Store::Postgres(s) => s.replay_step(id, now).await,
-        }
+        self.engine.replay_step(id, now).await
     }
 
     async fn replays_where(
@@ -320,7 +312,7 @@ impl Store {
         sql: String,
         params: Vec<Param>,
     ) -> Result<Vec<Replay>, StoreError> {
-        let rows = self.operator_rows::<ReplayRow>(sql, params).await?;
+        let rows = self.engine.operator_rows::<ReplayRow>(sql, params).await?;
         rows.into_iter().map(Replay::try_from).collect()
     }
 }

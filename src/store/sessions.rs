@@ -4,6 +4,7 @@
 //! Only hashes of the secrets are stored (the cookie's secret, the admin
 //! token signed in with): a copy of the database signs nobody in.
 
+use super::backend::Backend;
 use super::rows::{Param, SessionRow};
 use super::{Store, StoreError, Timestamp};
 
@@ -82,7 +83,7 @@ impl Store {
             Param::Int(session.created_at.0),
             Param::Int(session.expires_at.0),
         ];
-        self.exec(INSERT, params).await.map(|_| ())
+        self.engine.exec(INSERT, params).await.map(|_| ())
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<StoredSession>, StoreError> {
@@ -112,35 +113,12 @@ impl Store {
             Param::Int(now.0),
             Param::Text(by.as_str().to_owned()),
         ];
-        Ok(self.exec(END, params).await? > 0)
+        Ok(self.engine.exec(END, params).await? > 0)
     }
 
     /// Forgets sessions that expired before `before` (ended ones included).
     pub async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
-        self.exec(PURGE, vec![Param::Int(before.0)]).await
-    }
-
-    pub(super) async fn exec(
-        &self,
-        sql: &'static str,
-        params: Vec<Param>,
-    ) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.exec(sql, params).await,
-            Store::Postgres(s) => s.exec(sql, &params).await,
-        }
-    }
-
-    /// One number the statement returns (on SQLite, from the writer).
-    pub(super) async fn returning(
-        &self,
-        sql: &'static str,
-        params: Vec<Param>,
-    ) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.insert_returning(sql, params).await,
-            Store::Postgres(s) => s.returning(sql, &params).await,
-        }
+        self.engine.exec(PURGE, vec![Param::Int(before.0)]).await
     }
 
     async fn sessions_where(
@@ -148,7 +126,7 @@ impl Store {
         sql: String,
         params: Vec<Param>,
     ) -> Result<Vec<StoredSession>, StoreError> {
-        let rows = self.operator_rows::<SessionRow>(sql, params).await?;
+        let rows = self.engine.operator_rows::<SessionRow>(sql, params).await?;
         Ok(rows.into_iter().map(StoredSession::from).collect())
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::backend::{Backend, OperatorRow};
 use super::replays::{self, ReplayId, Stepped};
 use super::rows::{
     self, AttemptRow, ClaimRow, ControlRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow,
@@ -244,313 +245,6 @@ impl SqliteStore {
         })
     }
 
-    pub async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
-        let call = self.call(|reply| Op::Accept(event, reply));
-        tokio::time::timeout(COMMIT_TIMEOUT, call)
-            .await
-            .map_err(|_| StoreError::Timeout(COMMIT_TIMEOUT))?
-    }
-
-    pub async fn claim_due(
-        &self,
-        now: Timestamp,
-        lease: Duration,
-        environment: Environment,
-        limit: u32,
-    ) -> Result<Vec<ClaimRow>, StoreError> {
-        self.call(|reply| Op::Claim {
-            now,
-            lease,
-            environment,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn finish(
-        &self,
-        claim: &Claimed,
-        outcome: Outcome,
-        attempt: AttemptRecord,
-    ) -> Result<(), StoreError> {
-        let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome, &attempt);
-        self.call(|reply| Op::Finish(Box::new(row), reply)).await
-    }
-
-    pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
-        self.admin_read(move |conn| {
-            let mut stmt = conn.prepare_cached(rows::ATTEMPTS)?;
-            bind(&mut stmt, &[Value::Int(id.0)])?;
-            let mut found = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push(AttemptView::from(AttemptRow {
-                    attempt: row.get(0)?,
-                    started_at: row.get(1)?,
-                    duration_ms: row.get(2)?,
-                    http_status: row.get(3)?,
-                    outcome: row.get(4)?,
-                    message: row.get(5)?,
-                }));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    pub async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(rows::GAUGES)?;
-            let found = stmt.query_map([], |row| {
-                Ok(Gauges {
-                    environment: row.get(0)?,
-                    pending: row.get::<_, i64>(1)?.try_into().unwrap_or(0),
-                    dead: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
-                    oldest_pending: row.get::<_, Option<i64>>(3)?.map(Timestamp),
-                })
-            })?;
-            Ok(found.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    pub async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.admin_read(|conn| {
-            let mut stmt = conn.prepare_cached(rows::DELIVERED_COUNTS)?;
-            let found = stmt.query_map([], |row| {
-                Ok((row.get(0)?, row.get::<_, i64>(1)?.try_into().unwrap_or(0)))
-            })?;
-            Ok(found.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    pub async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
-        self.call(|reply| Op::Release {
-            id: claim.id,
-            attempt: claim.attempt,
-            now,
-            reply,
-        })
-        .await
-        .map(|_| ())
-    }
-
-    pub async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
-        self.call(|reply| Op::Retry(id, now, reply)).await
-    }
-
-    pub async fn retry_dead(
-        &self,
-        now: Timestamp,
-        environment: Option<Environment>,
-    ) -> Result<u64, StoreError> {
-        self.call(|reply| Op::RetryDead(now, environment, reply))
-            .await
-    }
-
-    pub async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let n = self.call(|reply| Op::Purge(before, reply)).await?;
-            total += n;
-            if n < PURGE_CHUNK as u64 {
-                if total > 0 {
-                    self.scrub_wal();
-                }
-                return Ok(total);
-            }
-        }
-    }
-
-    pub async fn old_format_page(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<HeadersRow>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(rows::OLD_FORMAT_PAGE)?;
-            let found = stmt.query_map([after, limit], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })?;
-            Ok(found.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    pub async fn rewrite_headers(
-        &self,
-        id: i64,
-        old: Vec<u8>,
-        new: Vec<u8>,
-    ) -> Result<bool, StoreError> {
-        let n = self
-            .call(|reply| Op::Rewrite {
-                id,
-                old,
-                new,
-                reply,
-            })
-            .await?;
-        Ok(n > 0)
-    }
-
-    /// The schema version in the file and the newest this release has.
-    pub async fn schema(&self) -> Result<Schema, StoreError> {
-        self.read(schema_of).await
-    }
-
-    /// Moves rows that hold nothing to convert to the current format.
-    pub async fn mark_format(&self, ids: &[i64]) -> Result<u64, StoreError> {
-        let ids = serde_json::to_string(ids).expect("integers serialise");
-        self.exec(rows::MARK_FORMAT_SQLITE.as_str(), vec![Param::Text(ids)])
-            .await
-    }
-
-    /// Asks the checkpointer to empty the WAL at its next round: after a
-    /// conversion or a purge, the WAL's older frames still hold what was
-    /// rewritten or deleted (`secure_delete` zeroes it in the database's
-    /// pages, not in frames already written).
-    pub fn scrub_wal(&self) {
-        self.truncate_wal.store(true, Ordering::Release);
-    }
-
-    pub async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
-        self.call(|reply| Op::Exec(sql, params, reply)).await
-    }
-
-    pub async fn insert_returning(
-        &self,
-        sql: &'static str,
-        params: Vec<Param>,
-    ) -> Result<i64, StoreError> {
-        self.call(|reply| Op::Insert(sql, params, reply)).await
-    }
-
-    pub async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
-        self.call(|reply| Op::ReplayStep(id, now, reply)).await
-    }
-
-    /// Rows of two numbers, on the relay's own read connection.
-    pub async fn pairs(&self, sql: &'static str) -> Result<Vec<(i64, i64)>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(sql)?;
-            let mut found = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push((row.get(0)?, row.get(1)?));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Rows of an operators' read (sessions, replays, counts), on their
-    /// own connections.
-    pub(super) async fn operator_rows<T: SqliteRow + Send + 'static>(
-        &self,
-        sql: String,
-        params: Vec<Param>,
-    ) -> Result<Vec<T>, StoreError> {
-        self.admin_read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-            bind(&mut stmt, &values)?;
-            let mut found = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push(T::from_row(row)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.read(|conn| {
-            let due: Option<i64> = conn.query_row(rows::NEXT_DUE, [], |row| row.get(0))?;
-            Ok(due.map(Timestamp))
-        })
-        .await
-    }
-
-    pub async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        self.admin_read(move |conn| {
-            let mut stmt = conn.prepare_cached(&rows::get_sql())?;
-            bind(&mut stmt, &[Value::Int(id.0)])?;
-            let mut found = stmt.raw_query();
-            Ok(match found.next()? {
-                Some(row) => Some(Delivery::from(delivery_row(row)?)),
-                None => None,
-            })
-        })
-        .await
-    }
-
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
-        let filter = filter.clone();
-        self.admin_read(move |conn| {
-            let (sql, values) = rows::list_query(&filter, cursor_at(conn, &filter)?);
-            let mut stmt = conn.prepare_cached(&sql)?;
-            bind(&mut stmt, &values)?;
-            let mut found = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(row) = found.next()? {
-                out.push(Delivery::from(delivery_row(row)?));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    pub async fn list_plan(&self, filter: &ListFilter) -> Result<Vec<String>, StoreError> {
-        let filter = filter.clone();
-        self.admin_read(move |conn| {
-            let (sql, values) = rows::list_query(&filter, cursor_at(conn, &filter)?);
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-            bind(&mut stmt, &values)?;
-            let mut found = stmt.raw_query();
-            let mut plan = Vec::new();
-            while let Some(row) = found.next()? {
-                plan.push(row.get::<_, String>(3)?);
-            }
-            Ok(plan)
-        })
-        .await
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        if self.closed.load(Ordering::Relaxed) || self.writer.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        if self.threads_up.iter().any(|up| !up.load(Ordering::Relaxed)) {
-            return Err(StoreError::Unusable(
-                "a store thread panicked and is being restarted; see the error in the log"
-                    .to_owned(),
-            ));
-        }
-        if !self.committing.load(Ordering::Relaxed) {
-            return Err(StoreError::Commit(
-                "its last batch failed (disk full or I/O error?); check the disk and the log"
-                    .to_owned(),
-            ));
-        }
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
-    }
-
-    pub async fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        if let Some(stop) = &self.checkpointer {
-            let _ = stop.send(());
-        }
-        let (tx, rx) = oneshot::channel();
-        if self.writer.send(Op::Close(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
@@ -582,6 +276,324 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unusable(format!("a read panicked: {e}")))?
+    }
+}
+
+impl Backend for SqliteStore {
+    fn keys(&self) -> Option<&StoreKeys> {
+        self.keys.as_deref()
+    }
+
+    async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
+        let call = self.call(|reply| Op::Accept(event, reply));
+        tokio::time::timeout(COMMIT_TIMEOUT, call)
+            .await
+            .map_err(|_| StoreError::Timeout(COMMIT_TIMEOUT))?
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        environment: Environment,
+        limit: u32,
+    ) -> Result<Vec<ClaimRow>, StoreError> {
+        self.call(|reply| Op::Claim {
+            now,
+            lease,
+            environment,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        claim: &Claimed,
+        outcome: Outcome,
+        attempt: AttemptRecord,
+    ) -> Result<(), StoreError> {
+        let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome, &attempt);
+        self.call(|reply| Op::Finish(Box::new(row), reply)).await
+    }
+
+    async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
+        self.admin_read(move |conn| {
+            let mut stmt = conn.prepare_cached(rows::ATTEMPTS)?;
+            bind(&mut stmt, &[Value::Int(id.0)])?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(AttemptView::from(AttemptRow {
+                    attempt: row.get(0)?,
+                    started_at: row.get(1)?,
+                    duration_ms: row.get(2)?,
+                    http_status: row.get(3)?,
+                    outcome: row.get(4)?,
+                    message: row.get(5)?,
+                }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn gauges(&self) -> Result<Vec<Gauges>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(rows::GAUGES)?;
+            let found = stmt.query_map([], |row| {
+                Ok(Gauges {
+                    environment: row.get(0)?,
+                    pending: row.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    dead: row.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                    oldest_pending: row.get::<_, Option<i64>>(3)?.map(Timestamp),
+                })
+            })?;
+            Ok(found.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn delivered_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.admin_read(|conn| {
+            let mut stmt = conn.prepare_cached(rows::DELIVERED_COUNTS)?;
+            let found = stmt.query_map([], |row| {
+                Ok((row.get(0)?, row.get::<_, i64>(1)?.try_into().unwrap_or(0)))
+            })?;
+            Ok(found.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
+        self.call(|reply| Op::Release {
+            id: claim.id,
+            attempt: claim.attempt,
+            now,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
+        self.call(|reply| Op::Retry(id, now, reply)).await
+    }
+
+    async fn retry_dead(
+        &self,
+        now: Timestamp,
+        environment: Option<Environment>,
+    ) -> Result<u64, StoreError> {
+        self.call(|reply| Op::RetryDead(now, environment, reply))
+            .await
+    }
+
+    async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.call(|reply| Op::Purge(before, reply)).await?;
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                if total > 0 {
+                    self.scrub_wal();
+                }
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn old_format_page(&self, after: i64, limit: i64) -> Result<Vec<HeadersRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(rows::OLD_FORMAT_PAGE)?;
+            let found = stmt.query_map([after, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            Ok(found.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn rewrite_headers(
+        &self,
+        id: i64,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .call(|reply| Op::Rewrite {
+                id,
+                old,
+                new,
+                reply,
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The schema version in the file and the newest this release has.
+    async fn schema(&self) -> Result<Schema, StoreError> {
+        self.read(schema_of).await
+    }
+
+    /// Moves rows that hold nothing to convert to the current format.
+    async fn mark_format(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let ids = serde_json::to_string(ids).expect("integers serialise");
+        self.exec(rows::MARK_FORMAT_SQLITE.as_str(), vec![Param::Text(ids)])
+            .await
+    }
+
+    /// Asks the checkpointer to empty the WAL at its next round: after a
+    /// conversion or a purge, the WAL's older frames still hold what was
+    /// rewritten or deleted (`secure_delete` zeroes it in the database's
+    /// pages, not in frames already written).
+    fn scrub_wal(&self) {
+        self.truncate_wal.store(true, Ordering::Release);
+    }
+
+    async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
+        self.call(|reply| Op::Exec(sql, params, reply)).await
+    }
+
+    async fn insert_returning(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<i64, StoreError> {
+        self.call(|reply| Op::Insert(sql, params, reply)).await
+    }
+
+    /// The writer runs it, as it runs an operator's insert.
+    async fn returning(&self, sql: &'static str, params: Vec<Param>) -> Result<i64, StoreError> {
+        self.insert_returning(sql, params).await
+    }
+
+    async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
+        self.call(|reply| Op::ReplayStep(id, now, reply)).await
+    }
+
+    /// Rows of two numbers, on the relay's own read connection.
+    async fn pairs(&self, sql: &'static str) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push((row.get(0)?, row.get(1)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Rows of an operators' read (sessions, replays, counts), on their
+    /// own connections.
+    async fn operator_rows<T: OperatorRow>(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.admin_read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(<T as SqliteRow>::from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(|conn| {
+            let due: Option<i64> = conn.query_row(rows::NEXT_DUE, [], |row| row.get(0))?;
+            Ok(due.map(Timestamp))
+        })
+        .await
+    }
+
+    async fn get(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        self.admin_read(move |conn| {
+            let mut stmt = conn.prepare_cached(&rows::get_sql())?;
+            bind(&mut stmt, &[Value::Int(id.0)])?;
+            let mut found = stmt.raw_query();
+            Ok(match found.next()? {
+                Some(row) => Some(Delivery::from(delivery_row(row)?)),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
+        let filter = filter.clone();
+        self.admin_read(move |conn| {
+            let (sql, values) = rows::list_query(&filter, cursor_at(conn, &filter)?);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = found.next()? {
+                out.push(Delivery::from(delivery_row(row)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_plan(
+        &self,
+        filter: &ListFilter,
+        _small_table: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let filter = filter.clone();
+        self.admin_read(move |conn| {
+            let (sql, values) = rows::list_query(&filter, cursor_at(conn, &filter)?);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            bind(&mut stmt, &values)?;
+            let mut found = stmt.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = found.next()? {
+                plan.push(row.get::<_, String>(3)?);
+            }
+            Ok(plan)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Relaxed) || self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        if self.threads_up.iter().any(|up| !up.load(Ordering::Relaxed)) {
+            return Err(StoreError::Unusable(
+                "a store thread panicked and is being restarted; see the error in the log"
+                    .to_owned(),
+            ));
+        }
+        if !self.committing.load(Ordering::Relaxed) {
+            return Err(StoreError::Commit(
+                "its last batch failed (disk full or I/O error?); check the disk and the log"
+                    .to_owned(),
+            ));
+        }
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        if let Some(stop) = &self.checkpointer {
+            let _ = stop.send(());
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Op::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
