@@ -75,7 +75,7 @@ impl Activity {
                 let minute = now - ago;
                 let slot = slot_of(minute);
                 match ring.stamps[slot] == minute {
-                    true => ring.counts[slot][index(env)],
+                    true => ring.counts[slot][env.index()],
                     false => Minute::default(),
                 }
             })
@@ -91,7 +91,7 @@ impl Activity {
             ring.stamps[slot] = minute;
             ring.counts[slot] = [Minute::default(); 2];
         }
-        count(&mut ring.counts[slot][index(env)]);
+        count(&mut ring.counts[slot][env.index()]);
     }
 }
 
@@ -101,13 +101,6 @@ fn minute_of(at: Timestamp) -> i64 {
 
 fn slot_of(minute: i64) -> usize {
     minute.rem_euclid(MINUTES as i64) as usize
-}
-
-fn index(env: Environment) -> usize {
-    match env {
-        Environment::Sandbox => 0,
-        Environment::Production => 1,
-    }
 }
 
 #[cfg(test)]

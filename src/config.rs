@@ -28,7 +28,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database: DatabaseConfig,
     /// Keys of the environments that receive webhooks (at least one).
-    pub credentials: BTreeMap<EnvironmentKey, Credentials>,
+    pub credentials: BTreeMap<Environment, Credentials>,
     pub sandbox_url: Uri,
     pub production_url: Uri,
     pub event_types: Vec<String>,
@@ -63,31 +63,6 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// The admin listener's pair: its own variables, else the webhook port's.
     pub admin_tls: Option<TlsFiles>,
-}
-
-/// `Environment` as a map key with a stable order (sandbox first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum EnvironmentKey {
-    Sandbox,
-    Production,
-}
-
-impl From<Environment> for EnvironmentKey {
-    fn from(env: Environment) -> Self {
-        match env {
-            Environment::Sandbox => EnvironmentKey::Sandbox,
-            Environment::Production => EnvironmentKey::Production,
-        }
-    }
-}
-
-impl From<EnvironmentKey> for Environment {
-    fn from(key: EnvironmentKey) -> Self {
-        match key {
-            EnvironmentKey::Sandbox => Environment::Sandbox,
-            EnvironmentKey::Production => Environment::Production,
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -203,11 +178,11 @@ impl Config {
 
     /// The environments that receive webhooks.
     pub fn environments(&self) -> impl Iterator<Item = Environment> + '_ {
-        self.credentials.keys().map(|k| Environment::from(*k))
+        self.credentials.keys().copied()
     }
 
     pub fn credentials(&self, env: Environment) -> Option<&Credentials> {
-        self.credentials.get(&EnvironmentKey::from(env))
+        self.credentials.get(&env)
     }
 
     /// Where events of `env` go. Both URLs always exist, so events stored while an
@@ -383,19 +358,19 @@ impl Raw {
         let mut credentials = BTreeMap::new();
         if let Some(c) = environment_keys(
             self.cko_sandbox_authorization_key,
-            "CKO_SANDBOX_AUTHORIZATION_KEY",
+            Environment::Sandbox.authorization_key_var(),
             self.cko_sandbox_signature_key,
-            "CKO_SANDBOX_SIGNATURE_KEY",
+            Environment::Sandbox.signature_key_var(),
         )? {
-            credentials.insert(EnvironmentKey::Sandbox, c);
+            credentials.insert(Environment::Sandbox, c);
         }
         if let Some(c) = environment_keys(
             self.cko_production_authorization_key,
-            "CKO_PRODUCTION_AUTHORIZATION_KEY",
+            Environment::Production.authorization_key_var(),
             self.cko_production_signature_key,
-            "CKO_PRODUCTION_SIGNATURE_KEY",
+            Environment::Production.signature_key_var(),
         )? {
-            credentials.insert(EnvironmentKey::Production, c);
+            credentials.insert(Environment::Production, c);
         }
         if credentials.is_empty() {
             return Err(ConfigError::NoEnvironment);
@@ -494,12 +469,12 @@ impl Raw {
             credentials,
             sandbox_url: url(
                 self.accelerate_sandbox_url,
-                "ACCELERATE_SANDBOX_URL",
+                Environment::Sandbox.accelerate_url_var(),
                 SANDBOX_URL,
             )?,
             production_url: url(
                 self.accelerate_production_url,
-                "ACCELERATE_PRODUCTION_URL",
+                Environment::Production.accelerate_url_var(),
                 PRODUCTION_URL,
             )?,
             event_types: event_types(self.relay_event_types)?,

@@ -173,7 +173,7 @@ impl Worker {
             metrics: None,
             config: Arc::new(config.clone()),
             handed: None,
-            proxy_authorization: [Environment::Sandbox, Environment::Production]
+            proxy_authorization: Environment::ALL
                 .map(|env| config.proxies.authorization_for(config.accelerate_url(env))),
             gate,
             keyless_looked: Arc::default(),
@@ -545,11 +545,7 @@ impl Worker {
                 request = request.header(name, value);
             }
         }
-        let proxy_authorization = match claim.environment {
-            Environment::Sandbox => &self.proxy_authorization[0],
-            Environment::Production => &self.proxy_authorization[1],
-        };
-        if let Some(value) = proxy_authorization {
+        if let Some(value) = &self.proxy_authorization[claim.environment.index()] {
             request = request.header(PROXY_AUTHORIZATION, value.clone());
         }
         let request = request
@@ -681,10 +677,7 @@ struct Answer {
 impl Answer {
     /// Nothing sent: the event's environment has no keys configured any more.
     fn no_key(environment: Environment) -> Self {
-        let var = match environment {
-            Environment::Sandbox => "CKO_SANDBOX_AUTHORIZATION_KEY",
-            Environment::Production => "CKO_PRODUCTION_AUTHORIZATION_KEY",
-        };
+        let var = environment.authorization_key_var();
         Answer {
             status: None,
             kind: AttemptKind::Other,

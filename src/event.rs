@@ -11,14 +11,45 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Which Accelerate endpoint (and which Checkout.com keys) an event belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Ordered as declared: sandbox first, in maps and listings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Environment {
     Sandbox,
     Production,
 }
 
 impl Environment {
+    /// In declaration order: `index` is a place in this list.
     pub const ALL: [Environment; 2] = [Environment::Sandbox, Environment::Production];
+
+    /// Its place in per-environment arrays (metrics, activity, proxies).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The variable that holds its Checkout.com Authorization key.
+    pub fn authorization_key_var(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "CKO_SANDBOX_AUTHORIZATION_KEY",
+            Environment::Production => "CKO_PRODUCTION_AUTHORIZATION_KEY",
+        }
+    }
+
+    /// The variable that holds its Checkout.com signature key.
+    pub fn signature_key_var(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "CKO_SANDBOX_SIGNATURE_KEY",
+            Environment::Production => "CKO_PRODUCTION_SIGNATURE_KEY",
+        }
+    }
+
+    /// The variable that overrides its Accelerate URL.
+    pub fn accelerate_url_var(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "ACCELERATE_SANDBOX_URL",
+            Environment::Production => "ACCELERATE_PRODUCTION_URL",
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::activity::Activity;
 use crate::event::Environment;
+use crate::http::webhook::WebhookResult;
 use crate::store::{AttemptKind, AttemptRecord, Claimed, Gauges, Outcome, Timestamp};
 
 pub const WEBHOOKS: &str = "accelerate_relay_webhooks_total";
@@ -51,30 +52,6 @@ impl Refusal {
         }
     }
 }
-
-/// Every answer of the receive path, as `result` labels: the contract's
-/// codes, the transport answers the relay gives itself, and other paths.
-pub const RESULTS: [&str; 19] = [
-    "accepted",
-    "duplicate",
-    "ignored_event_type",
-    "ignored_no_accelerate_token",
-    "unauthorized",
-    "invalid_signature",
-    "malformed_event",
-    "payload_too_large",
-    "unknown_environment",
-    "forbidden_source",
-    "store_unavailable",
-    "request_timeout",
-    "request_header_fields_too_large",
-    "bad_request",
-    "not_found",
-    "method_not_allowed",
-    "uri_too_long",
-    "not_implemented",
-    "other",
-];
 
 /// `environment` labels of the receive path: a request may name none.
 const WEBHOOK_ENVIRONMENTS: [&str; 3] = ["sandbox", "production", "none"];
@@ -191,7 +168,7 @@ impl Metrics {
 
         let webhooks = WEBHOOK_ENVIRONMENTS
             .iter()
-            .flat_map(|env| RESULTS.iter().map(move |result| (*env, *result)))
+            .flat_map(|env| WebhookResult::ALL.map(move |result| (*env, result.as_str())))
             .map(|(env, result)| r.counter(WEBHOOKS, &[("environment", env), ("result", result)]))
             .collect();
         let attempts = Environment::ALL
@@ -257,15 +234,11 @@ impl Metrics {
     }
 
     /// One answer of the receive path.
-    pub fn webhook(&self, environment: Option<Environment>, result: &str, took: Duration) {
-        let env = environment.map_or(2, index);
-        let result = RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(RESULTS.len() - 1);
-        self.webhooks[env * RESULTS.len() + result].increment(1);
+    pub fn webhook(&self, environment: Option<Environment>, result: WebhookResult, took: Duration) {
+        let env = environment.map_or(2, Environment::index);
+        self.webhooks[env * WebhookResult::ALL.len() + result as usize].increment(1);
         self.webhook_duration.record(took.as_secs_f64());
-        if let (Some(environment), "accepted") = (environment, RESULTS[result]) {
+        if let (Some(environment), WebhookResult::Accepted) = (environment, result) {
             self.activity.accepted(environment, Timestamp::now());
         }
     }
@@ -277,7 +250,7 @@ impl Metrics {
 
     /// One delivery attempt and what it led to.
     pub fn attempt(&self, claim: &Claimed, made: &AttemptRecord, outcome: &Outcome) {
-        let env = index(claim.environment);
+        let env = claim.environment.index();
         let kind = AttemptKind::ALL
             .iter()
             .position(|k| *k == made.kind)
@@ -299,13 +272,13 @@ impl Metrics {
 
     /// An environment's delivery controls as this replica knows them.
     pub fn control(&self, env: Environment, paused: bool, breaker_open: bool) {
-        self.paused[index(env)].set(f64::from(u8::from(paused)));
-        self.breaker_open[index(env)].set(f64::from(u8::from(breaker_open)));
+        self.paused[env.index()].set(f64::from(u8::from(paused)));
+        self.breaker_open[env.index()].set(f64::from(u8::from(breaker_open)));
     }
 
     /// One attempt that waited for its place in the pace.
     pub fn paced(&self, env: Environment) {
-        self.paced[index(env)].increment(1);
+        self.paced[env.index()].increment(1);
     }
 
     /// The text of `/metrics`, with the store's gauges as just read (`None`
@@ -317,7 +290,7 @@ impl Metrics {
                 self.store_up.set(1.0);
                 for env in Environment::ALL {
                     let read = gauges.iter().find(|g| g.environment == env.as_str());
-                    let i = index(env);
+                    let i = env.index();
                     let (pending, dead) = read.map_or((0, 0), |g| (g.pending, g.dead));
                     self.deliveries[i][0].set(pending as f64);
                     self.deliveries[i][1].set(dead as f64);
@@ -336,13 +309,6 @@ impl Metrics {
     /// seconds, so samples never pile up between scrapes (or without any).
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
-    }
-}
-
-fn index(env: Environment) -> usize {
-    match env {
-        Environment::Sandbox => 0,
-        Environment::Production => 1,
     }
 }
 

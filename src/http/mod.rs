@@ -314,7 +314,9 @@ async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpRespon
 
 /// Unknown paths on the webhook port are answered and counted like webhooks.
 async fn not_found(state: web::Data<AppState>) -> HttpResponse {
-    state.metrics.webhook(None, "not_found", Duration::ZERO);
+    state
+        .metrics
+        .webhook(None, webhook::WebhookResult::NotFound, Duration::ZERO);
     not_found_answer()
 }
 

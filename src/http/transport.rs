@@ -32,6 +32,7 @@ use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use super::webhook::WebhookResult;
 use crate::metrics::Metrics;
 
 /// The bytes under a connection: plain TCP, or TLS over it.
@@ -241,9 +242,9 @@ impl Seen {
     }
 
     /// Why the parser refused with a 400, when it is something more precise.
-    fn refusal(&self) -> Option<(u16, &'static str, &'static str)> {
+    fn refusal(&self) -> Option<(u16, &'static str, WebhookResult)> {
         if self.longest >= LONGEST_TARGET {
-            return Some((414, "URI Too Long", "uri_too_long"));
+            return Some((414, "URI Too Long", WebhookResult::UriTooLong));
         }
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut request = httparse::Request::new(&mut headers);
@@ -264,30 +265,35 @@ impl Seen {
         // Two Transfer-Encoding lines, or one beside a Content-Length, stay a
         // 400: they are how requests are smuggled, not a coding we lack.
         (codings.next().is_none() && !content_length && request.version == Some(1) && unknown)
-            .then_some((501, "Not Implemented", "not_implemented"))
+            .then_some((501, "Not Implemented", WebhookResult::NotImplemented))
     }
 }
 
-/// The parser's refusals, with the answer's code for the log and the metrics.
-const REFUSALS: [(&[u8], u16, &str, &str); 3] = [
-    (b"400", 400, "Bad Request", "bad_request"),
-    (b"408", 408, "Request Timeout", "request_timeout"),
+/// The parser's refusals, with the answer's result for the log and the metrics.
+const REFUSALS: [(&[u8], u16, &str, WebhookResult); 3] = [
+    (b"400", 400, "Bad Request", WebhookResult::BadRequest),
+    (
+        b"408",
+        408,
+        "Request Timeout",
+        WebhookResult::RequestTimeout,
+    ),
     (
         b"431",
         431,
         "Request Header Fields Too Large",
-        "request_header_fields_too_large",
+        WebhookResult::RequestHeaderFieldsTooLarge,
     ),
 ];
 
 /// The refusal `buf` starts with, if it is one of the parser's: a status
 /// line of 400, 408 or 431 and a head that says the body is empty and ends
 /// the write. Cheap for ordinary responses: they fail on the status code.
-fn parser_refusal(buf: &[u8]) -> Option<(u16, &'static str, &'static str)> {
+fn parser_refusal(buf: &[u8]) -> Option<(u16, &'static str, WebhookResult)> {
     let rest = buf
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
-    let (_, status, reason, code) = REFUSALS
+    let (_, status, reason, result) = REFUSALS
         .iter()
         .find(|(digits, ..)| rest.starts_with(digits))?;
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
@@ -295,11 +301,11 @@ fn parser_refusal(buf: &[u8]) -> Option<(u16, &'static str, &'static str)> {
     let empty = head
         .windows(20)
         .any(|w| w.eq_ignore_ascii_case(b"\r\ncontent-length: 0\r"));
-    (empty && head_end == buf.len()).then_some((*status, *reason, *code))
+    (empty && head_end == buf.len()).then_some((*status, *reason, *result))
 }
 
-fn json_answer(status: u16, reason: &str, code: &str) -> Vec<u8> {
-    let body = format!(r#"{{"error":"{code}"}}"#);
+fn json_answer(status: u16, reason: &str, result: WebhookResult) -> Vec<u8> {
+    let body = format!(r#"{{"error":"{}"}}"#, result.as_str());
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          connection: close\r\ndate: {}\r\n\r\n{body}",
@@ -346,24 +352,24 @@ impl AsyncWrite for Connection {
             ready!(this.poll_replacement(cx))?;
             return Pin::new(&mut this.io).poll_write(cx, buf);
         }
-        let Some((mut status, mut reason, mut code)) = parser_refusal(buf) else {
+        let Some((mut status, mut reason, mut result)) = parser_refusal(buf) else {
             this.seen.clear();
             return Pin::new(&mut this.io).poll_write(cx, buf);
         };
         if status == 400 {
             if let Some(precise) = this.seen.refusal() {
-                (status, reason, code) = precise;
+                (status, reason, result) = precise;
             }
         }
         let peer = this.peer.map(|p| p.ip());
         tracing::warn!(
-            environment = "none", status, outcome = "rejected", reason = code, peer = peer.map(tracing::field::display),
+            environment = "none", status, outcome = "rejected", reason = result.as_str(), peer = peer.map(tracing::field::display),
             "request refused by the HTTP parser (request-target over 64 KiB, head over 128 KiB or 96 lines, too slow, unknown transfer coding, or unreadable)"
         );
         if let Some(metrics) = &this.metrics {
-            metrics.webhook(None, code, Duration::ZERO);
+            metrics.webhook(None, result, Duration::ZERO);
         }
-        this.replacement = Some((json_answer(status, reason, code), 0));
+        this.replacement = Some((json_answer(status, reason, result), 0));
         // The parser's bytes count as written: ours go in their place.
         match this.poll_replacement(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -403,7 +409,7 @@ mod tests {
             Some((
                 431,
                 "Request Header Fields Too Large",
-                "request_header_fields_too_large"
+                WebhookResult::RequestHeaderFieldsTooLarge
             ))
         );
         let timeout = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n";

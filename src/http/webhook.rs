@@ -61,10 +61,10 @@ pub async fn receive_default(
 pub async fn method_not_allowed(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
-        .webhook(None, "method_not_allowed", Duration::ZERO);
+        .webhook(None, WebhookResult::MethodNotAllowed, Duration::ZERO);
     HttpResponse::MethodNotAllowed()
         .insert_header((header::ALLOW, "POST"))
-        .json(json!({ "error": "method_not_allowed" }))
+        .json(json!({ "error": WebhookResult::MethodNotAllowed.as_str() }))
 }
 
 async fn respond(
@@ -79,18 +79,91 @@ async fn respond(
     match &result {
         Ok(answer) => {
             answer.log();
-            let (env, code) = answer.label();
-            state.metrics.webhook(Some(env), code, took);
+            let (env, result) = answer.result();
+            state.metrics.webhook(Some(env), result, took);
         }
         Err(error) => {
             error.log(environment);
             let env = resolve_environment(environment, &state.config).ok();
-            state.metrics.webhook(env, error.code(), took);
+            state.metrics.webhook(env, error.result(), took);
         }
     }
     match result {
         Ok(answer) => answer.into_response(),
         Err(error) => error.error_response(),
+    }
+}
+
+/// Every answer of the receive path, by the code it carries: the JSON
+/// `error` (or 200 `status`/`reason`), the log's `reason` and the metrics'
+/// `result` label are all this one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    Accepted,
+    Duplicate,
+    IgnoredEventType,
+    IgnoredNoAccelerateToken,
+    Unauthorized,
+    InvalidSignature,
+    MalformedEvent,
+    PayloadTooLarge,
+    UnknownEnvironment,
+    ForbiddenSource,
+    StoreUnavailable,
+    RequestTimeout,
+    RequestHeaderFieldsTooLarge,
+    UriTooLong,
+    NotImplemented,
+    BadRequest,
+    MethodNotAllowed,
+    /// Any other path on the webhook port.
+    NotFound,
+}
+
+impl WebhookResult {
+    /// In declaration order: `self as usize` is a result's place here.
+    pub const ALL: [WebhookResult; 18] = [
+        WebhookResult::Accepted,
+        WebhookResult::Duplicate,
+        WebhookResult::IgnoredEventType,
+        WebhookResult::IgnoredNoAccelerateToken,
+        WebhookResult::Unauthorized,
+        WebhookResult::InvalidSignature,
+        WebhookResult::MalformedEvent,
+        WebhookResult::PayloadTooLarge,
+        WebhookResult::UnknownEnvironment,
+        WebhookResult::ForbiddenSource,
+        WebhookResult::StoreUnavailable,
+        WebhookResult::RequestTimeout,
+        WebhookResult::RequestHeaderFieldsTooLarge,
+        WebhookResult::UriTooLong,
+        WebhookResult::NotImplemented,
+        WebhookResult::BadRequest,
+        WebhookResult::MethodNotAllowed,
+        WebhookResult::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Accepted => "accepted",
+            WebhookResult::Duplicate => "duplicate",
+            WebhookResult::IgnoredEventType => "ignored_event_type",
+            WebhookResult::IgnoredNoAccelerateToken => "ignored_no_accelerate_token",
+            WebhookResult::Unauthorized => "unauthorized",
+            WebhookResult::InvalidSignature => "invalid_signature",
+            WebhookResult::MalformedEvent => "malformed_event",
+            WebhookResult::PayloadTooLarge => "payload_too_large",
+            WebhookResult::UnknownEnvironment => "unknown_environment",
+            WebhookResult::ForbiddenSource => "forbidden_source",
+            WebhookResult::StoreUnavailable => "store_unavailable",
+            WebhookResult::RequestTimeout => "request_timeout",
+            WebhookResult::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
+            WebhookResult::UriTooLong => "uri_too_long",
+            WebhookResult::NotImplemented => "not_implemented",
+            WebhookResult::BadRequest => "bad_request",
+            WebhookResult::MethodNotAllowed => "method_not_allowed",
+            WebhookResult::NotFound => "not_found",
+        }
     }
 }
 
@@ -114,17 +187,19 @@ enum Answer {
 }
 
 impl Answer {
-    /// The environment and the `result` label of the metrics.
-    fn label(&self) -> (Environment, &'static str) {
+    /// The environment and the result, for the metrics.
+    fn result(&self) -> (Environment, WebhookResult) {
         match self {
             Answer::Ignored {
                 environment,
                 reason: "event_type",
                 ..
-            } => (*environment, "ignored_event_type"),
-            Answer::Ignored { environment, .. } => (*environment, "ignored_no_accelerate_token"),
-            Answer::Duplicate { environment, .. } => (*environment, "duplicate"),
-            Answer::Accepted { environment, .. } => (*environment, "accepted"),
+            } => (*environment, WebhookResult::IgnoredEventType),
+            Answer::Ignored { environment, .. } => {
+                (*environment, WebhookResult::IgnoredNoAccelerateToken)
+            }
+            Answer::Duplicate { environment, .. } => (*environment, WebhookResult::Duplicate),
+            Answer::Accepted { environment, .. } => (*environment, WebhookResult::Accepted),
         }
     }
 
@@ -216,19 +291,19 @@ pub enum ReceiveError {
 }
 
 impl ReceiveError {
-    fn code(&self) -> &'static str {
+    fn result(&self) -> WebhookResult {
         match self {
-            ReceiveError::ForbiddenSource(_) => "forbidden_source",
-            ReceiveError::UnknownEnvironment => "unknown_environment",
-            ReceiveError::TooLarge { .. } => "payload_too_large",
-            ReceiveError::SlowBody(_) => "request_timeout",
-            ReceiveError::BadBody(_) => "bad_request",
-            ReceiveError::Verify(VerifyError::Unauthorized) => "unauthorized",
-            ReceiveError::Verify(VerifyError::InvalidSignature) => "invalid_signature",
-            ReceiveError::Malformed(_) => "malformed_event",
+            ReceiveError::ForbiddenSource(_) => WebhookResult::ForbiddenSource,
+            ReceiveError::UnknownEnvironment => WebhookResult::UnknownEnvironment,
+            ReceiveError::TooLarge { .. } => WebhookResult::PayloadTooLarge,
+            ReceiveError::SlowBody(_) => WebhookResult::RequestTimeout,
+            ReceiveError::BadBody(_) => WebhookResult::BadRequest,
+            ReceiveError::Verify(VerifyError::Unauthorized) => WebhookResult::Unauthorized,
+            ReceiveError::Verify(VerifyError::InvalidSignature) => WebhookResult::InvalidSignature,
+            ReceiveError::Malformed(_) => WebhookResult::MalformedEvent,
             // The database refused this event's values: no resend can help.
-            ReceiveError::Store(StoreError::Refused(_)) => "malformed_event",
-            ReceiveError::Store(_) => "store_unavailable",
+            ReceiveError::Store(StoreError::Refused(_)) => WebhookResult::MalformedEvent,
+            ReceiveError::Store(_) => WebhookResult::StoreUnavailable,
         }
     }
 
@@ -236,10 +311,10 @@ impl ReceiveError {
         let status = self.status_code().as_u16();
         let environment = environment.unwrap_or("default");
         if let (ReceiveError::Store(e), 503) = (self, status) {
-            tracing::error!(environment, status, error = %e, outcome = "rejected", reason = self.code(),
+            tracing::error!(environment, status, error = %e, outcome = "rejected", reason = self.result().as_str(),
                 "webhook not stored; answered 503 so Checkout.com sends it again. Check the database (disk space, connection)");
         } else {
-            tracing::warn!(environment, status, error = %self, outcome = "rejected", reason = self.code(), "webhook");
+            tracing::warn!(environment, status, error = %self, outcome = "rejected", reason = self.result().as_str(), "webhook");
         }
     }
 }
@@ -264,7 +339,7 @@ impl ResponseError for ReceiveError {
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
         }
-        response.json(json!({ "error": self.code() }))
+        response.json(json!({ "error": self.result().as_str() }))
     }
 }
 
@@ -442,4 +517,21 @@ fn forward_headers(headers: &HeaderMap, authorization: KeyRef) -> ForwardHeaders
         }
     }
     forward
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WebhookResult;
+
+    /// The metrics index their counters by `result as usize`.
+    #[test]
+    fn every_result_is_listed_at_its_own_place() {
+        for (place, result) in WebhookResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, place, "{result:?}");
+        }
+        let mut labels: Vec<_> = WebhookResult::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), WebhookResult::ALL.len());
+    }
 }

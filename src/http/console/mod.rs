@@ -452,7 +452,7 @@ async fn overview(
     let environments: Vec<EnvironmentView> = counts
         .into_iter()
         .filter(|c| {
-            let configured = state.config.credentials.contains_key(&c.environment.into());
+            let configured = state.config.credentials.contains_key(&c.environment);
             configured || c.pending + c.delivered + c.dead > 0
         })
         .map(|counts| EnvironmentView {
