@@ -8,32 +8,37 @@
 mod at_rest;
 mod backend;
 mod controls;
+mod headers;
 mod postgres;
 mod replays;
 mod rows;
 mod sessions;
 mod sqlite;
+mod timestamp;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::config::DatabaseConfig;
 use crate::event::{AccelerateToken, Environment, EventId, EventType, PaymentId};
 use crate::seal::{KeyId, SealError, StoreKeys};
-use crate::verify::{Credentials, KeyRef};
+use crate::verify::Credentials;
 
 use backend::{Backend, Engine};
 
 pub use at_rest::Sealing;
 pub use controls::Control;
+use headers::HeldKey;
+pub use headers::{Forward, ForwardHeaders};
 pub use postgres::PgStore;
 pub use replays::{Replay, ReplayId, ReplayRequest, ReplayState, Stepped, STEP_EVERY, STEP_SIZE};
 pub use sessions::{EndedBy, StoredSession};
 pub use sqlite::SqliteStore;
+pub use timestamp::{parse_utc, Timestamp};
 
 pub use rows::FORMAT;
 
@@ -369,61 +374,6 @@ pub enum StoreError {
     Corrupt(i64, String),
 }
 
-/// Milliseconds since the Unix epoch; the clock the store and worker share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub i64);
-
-impl Timestamp {
-    pub fn now() -> Self {
-        Self::from(SystemTime::now())
-    }
-    pub fn plus(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        )
-    }
-    pub fn minus(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        )
-    }
-    /// How long from `self` until `later` (zero when `later` has passed).
-    pub fn until(self, later: Timestamp) -> Duration {
-        Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
-    }
-    pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0))
-    }
-}
-
-impl From<SystemTime> for Timestamp {
-    fn from(t: SystemTime) -> Self {
-        let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-        Self(i64::try_from(ms).unwrap_or(i64::MAX))
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}",
-            humantime::format_rfc3339_millis(self.to_system_time())
-        )
-    }
-}
-
-/// A time an operator gives (`name` is the parameter, for the error).
-pub fn parse_utc(name: &str, value: &str) -> Result<Timestamp, String> {
-    humantime::parse_rfc3339_weak(value)
-        .map(Timestamp::from)
-        .map_err(|_| {
-            format!("{name}: `{value}` is not an RFC 3339 time in UTC, e.g. 2026-11-25T18:00:00Z")
-        })
-}
-
 /// A delivery's public id, `dlv_<n>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DeliveryId(pub i64);
@@ -494,122 +444,6 @@ impl FromStr for Status {
                 "`{other}` is not a status; use pending, delivered or dead"
             )),
         }
-    }
-}
-
-/// The request headers forwarded to Accelerate, exactly as received, but for
-/// the Authorization value: in its place, which configured key it was.
-///
-/// Stored as `name:value\n` lines of raw bytes: header values cannot hold a
-/// newline, and bytes (not strings) keep any value unchanged. A key reference
-/// is the line `=name:reference`: `=` cannot begin a header name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ForwardHeaders(Vec<(String, Forward)>);
-
-/// What stored headers hold of an Authorization value in clear (rows a
-/// release before 0005 wrote), and what they become.
-enum HeldKey {
-    Nothing,
-    /// The new headers, with a key reference in its place.
-    Replaced(Vec<u8>),
-    /// Held, but the row's environment has no keys configured now.
-    NoKeys,
-}
-
-/// One forwarded header's value as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Forward {
-    Bytes(Bytes),
-    /// The configured key the value was (see `verify::KeyRef`).
-    Key(KeyRef),
-}
-
-impl ForwardHeaders {
-    pub fn push(&mut self, name: &str, value: &[u8]) {
-        self.0.push((
-            name.to_ascii_lowercase(),
-            Forward::Bytes(Bytes::copy_from_slice(value)),
-        ));
-    }
-
-    pub fn push_key(&mut self, name: &str, key: KeyRef) {
-        self.0.push((name.to_ascii_lowercase(), Forward::Key(key)));
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Forward)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v))
-    }
-
-    /// Whether an Authorization value is here in clear (a row from before
-    /// key references, not yet converted).
-    pub fn holds_a_key(&self) -> bool {
-        self.0
-            .iter()
-            .any(|(n, v)| n == "authorization" && matches!(v, Forward::Bytes(_)))
-    }
-
-    /// A stored headers value with an Authorization value held in clear
-    /// replaced by a reference to `keys` (its environment's configured
-    /// keys); `None` when `raw` is not stored headers.
-    fn replace_held_key(raw: &[u8], keys: Option<&Credentials>) -> Option<HeldKey> {
-        let headers = Self::decode(raw)?;
-        Some(match keys {
-            _ if !headers.holds_a_key() => HeldKey::Nothing,
-            Some(keys) => HeldKey::Replaced(
-                headers
-                    .without_keys(|value| keys.key_ref_of(value))
-                    .encode(),
-            ),
-            None => HeldKey::NoKeys,
-        })
-    }
-
-    /// The same headers with every Authorization value replaced by `key_ref`
-    /// of it.
-    pub fn without_keys(&self, key_ref: impl Fn(&[u8]) -> KeyRef) -> Self {
-        let lines = self.0.iter().map(|(name, value)| {
-            let value = match value {
-                Forward::Bytes(v) if name == "authorization" => Forward::Key(key_ref(v)),
-                other => other.clone(),
-            };
-            (name.clone(), value)
-        });
-        Self(lines.collect())
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, value) in &self.0 {
-            match value {
-                Forward::Bytes(value) => {
-                    out.extend_from_slice(name.as_bytes());
-                    out.push(b':');
-                    out.extend_from_slice(value);
-                }
-                Forward::Key(key) => {
-                    out.push(b'=');
-                    out.extend_from_slice(name.as_bytes());
-                    out.push(b':');
-                    out.extend_from_slice(key.encode().as_bytes());
-                }
-            }
-            out.push(b'\n');
-        }
-        out
-    }
-
-    pub fn decode(raw: &[u8]) -> Option<Self> {
-        let mut headers = Self::default();
-        for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let colon = line.iter().position(|b| *b == b':')?;
-            let name = std::str::from_utf8(&line[..colon]).ok()?;
-            let value = &line[colon + 1..];
-            match name.strip_prefix('=') {
-                Some(name) => headers.push_key(name, KeyRef::parse(value)?),
-                None => headers.push(name, value),
-            }
-        }
-        Some(headers)
     }
 }
 

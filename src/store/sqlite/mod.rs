@@ -1,26 +1,27 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
 //!
-//! Every write goes through one writer thread that takes whatever is waiting
-//! and commits it in one transaction (group commit): one fsync serves many
-//! events, and each caller is answered only after that commit returned. The
-//! thread owns its connection, so a batch costs one wake-up, not one
-//! cross-thread hop per statement.
+//! Every write goes through one writer thread (`writer`) that takes whatever
+//! is waiting and commits it in one transaction (group commit): one fsync
+//! serves many events, and each caller is answered only after that commit
+//! returned. The thread owns its connection, so a batch costs one wake-up,
+//! not one cross-thread hop per statement. Reads run on connections of their
+//! own (`reads`). This file opens the database and answers the `Backend`.
+
+mod reads;
+mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{Backend, OperatorRow};
-use super::replays::{self, ReplayId, Stepped};
-use super::rows::{
-    self, AttemptRow, ClaimRow, ControlRow, DeliveryRow, HeadersRow, Param, ReplayRow, SessionRow,
-    Value,
-};
+use super::replays::{ReplayId, Stepped};
+use super::rows::{self, AttemptRow, ClaimRow, HeadersRow, Param, Value};
 use super::{
     Accepted, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, Gauges, ListFilter,
     NewEvent, Outcome, Role, Schema, StoreError, Timestamp,
@@ -28,32 +29,31 @@ use super::{
 use crate::event::Environment;
 use crate::seal::StoreKeys;
 use crate::supervise::supervise_thread;
+pub(super) use reads::SqliteRow;
+use reads::{cursor_at, delivery_row, ReadPool};
+use writer::{Message, Work, Writer};
 
 /// Schema versions, applied in order and recorded in `PRAGMA user_version`.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/sqlite/0001_deliveries.sql"),
-    include_str!("../../migrations/sqlite/0002_due_index_first.sql"),
-    include_str!("../../migrations/sqlite/0003_attempts.sql"),
-    include_str!("../../migrations/sqlite/0004_delivered_by_environment.sql"),
-    include_str!("../../migrations/sqlite/0005_authorization_key_refs.sql"),
-    include_str!("../../migrations/sqlite/0006_delivered_attempt_in_row.sql"),
-    include_str!("../../migrations/sqlite/0007_console_sessions.sql"),
-    include_str!("../../migrations/sqlite/0008_find_any_payment.sql"),
-    include_str!("../../migrations/sqlite/0009_replays.sql"),
-    include_str!("../../migrations/sqlite/0010_delivery_control.sql"),
-    include_str!("../../migrations/sqlite/0011_store_format.sql"),
-    include_str!("../../migrations/sqlite/0012_store_key.sql"),
+    include_str!("../../../migrations/sqlite/0001_deliveries.sql"),
+    include_str!("../../../migrations/sqlite/0002_due_index_first.sql"),
+    include_str!("../../../migrations/sqlite/0003_attempts.sql"),
+    include_str!("../../../migrations/sqlite/0004_delivered_by_environment.sql"),
+    include_str!("../../../migrations/sqlite/0005_authorization_key_refs.sql"),
+    include_str!("../../../migrations/sqlite/0006_delivered_attempt_in_row.sql"),
+    include_str!("../../../migrations/sqlite/0007_console_sessions.sql"),
+    include_str!("../../../migrations/sqlite/0008_find_any_payment.sql"),
+    include_str!("../../../migrations/sqlite/0009_replays.sql"),
+    include_str!("../../../migrations/sqlite/0010_delivery_control.sql"),
+    include_str!("../../../migrations/sqlite/0011_store_format.sql"),
+    include_str!("../../../migrations/sqlite/0012_store_key.sql"),
 ];
 
-/// Most operations one transaction commits together.
-const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer; beyond this, callers wait (backpressure).
 const QUEUE: usize = 8192;
 /// How long an accept may wait for its commit before the relay answers 503
 /// (Checkout.com gives up after 10 s and resends anyway).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Rows deleted per purge step.
-const PURGE_CHUNK: i64 = 1000;
 /// How often the checkpointer copies the WAL into the database. Each
 /// checkpoint ends in an fsync of the database file that commits queue
 /// behind, so many small ones keep the accept tail short: p99 at 1,000
@@ -72,7 +72,7 @@ fn admin_readers() -> usize {
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: mpsc::Sender<Op>,
+    writer: mpsc::Sender<Message>,
     /// The relay's own reads (next due time, gauges, probes).
     reader: Arc<Mutex<Connection>>,
     /// Operators' reads (listings, details, sessions).
@@ -94,44 +94,6 @@ pub struct SqliteStore {
 
 const WRITER: usize = 0;
 const CHECKPOINTER: usize = 1;
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-enum Op {
-    Accept(NewEvent, Reply<Accepted>),
-    Claim {
-        now: Timestamp,
-        lease: Duration,
-        environment: Environment,
-        limit: u32,
-        reply: Reply<Vec<ClaimRow>>,
-    },
-    Finish(Box<rows::FinishRow>, Reply<()>),
-    Release {
-        id: DeliveryId,
-        attempt: u32,
-        now: Timestamp,
-        reply: Reply<u64>,
-    },
-    Retry(DeliveryId, Timestamp, Reply<bool>),
-    /// One step of a replay, in the writer's transaction.
-    ReplayStep(ReplayId, Timestamp, Reply<Stepped>),
-    /// An insert that returns the new row's id.
-    Insert(&'static str, Vec<Param>, Reply<i64>),
-    RetryDead(Timestamp, Option<Environment>, Reply<u64>),
-    Purge(Timestamp, Reply<u64>),
-    /// One row's headers replaced, if they are still `old`.
-    Rewrite {
-        id: i64,
-        old: Vec<u8>,
-        new: Vec<u8>,
-        reply: Reply<u64>,
-    },
-    /// One statement of the operator's side (sessions), answered with the
-    /// rows it changed.
-    Exec(&'static str, Vec<Param>, Reply<u64>),
-    Close(oneshot::Sender<()>),
-}
 
 impl SqliteStore {
     /// `Role::Service` owns the file (lock, lease reset, checkpoints); `Role::Tool`
@@ -208,7 +170,7 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || {
                 supervise_thread("sqlite writer", &up[WRITER], || {
-                    write_loop(&mut state, &mut rx)
+                    writer::write_loop(&mut state, &mut rx)
                 })
             })
             .map_err(|e| StoreError::Unusable(format!("cannot start the writer thread: {e}")))?;
@@ -245,10 +207,11 @@ impl SqliteStore {
         })
     }
 
-    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+    /// Has the writer run `work` and waits for its commit.
+    async fn call<W: Work>(&self, work: W) -> Result<W::Output, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(op(tx))
+            .send(Message::job(work, tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -285,7 +248,7 @@ impl Backend for SqliteStore {
     }
 
     async fn accept(&self, event: NewEvent) -> Result<Accepted, StoreError> {
-        let call = self.call(|reply| Op::Accept(event, reply));
+        let call = self.call(writer::Accept(event));
         tokio::time::timeout(COMMIT_TIMEOUT, call)
             .await
             .map_err(|_| StoreError::Timeout(COMMIT_TIMEOUT))?
@@ -298,12 +261,11 @@ impl Backend for SqliteStore {
         environment: Environment,
         limit: u32,
     ) -> Result<Vec<ClaimRow>, StoreError> {
-        self.call(|reply| Op::Claim {
+        self.call(writer::Claim {
             now,
             lease,
             environment,
             limit,
-            reply,
         })
         .await
     }
@@ -315,7 +277,7 @@ impl Backend for SqliteStore {
         attempt: AttemptRecord,
     ) -> Result<(), StoreError> {
         let row = rows::FinishRow::new(claim.id, claim.attempt, &outcome, &attempt);
-        self.call(|reply| Op::Finish(Box::new(row), reply)).await
+        self.call(writer::Finish(row)).await
     }
 
     async fn attempts(&self, id: DeliveryId) -> Result<Vec<AttemptView>, StoreError> {
@@ -367,18 +329,17 @@ impl Backend for SqliteStore {
     }
 
     async fn release(&self, claim: &Claimed, now: Timestamp) -> Result<(), StoreError> {
-        self.call(|reply| Op::Release {
+        self.call(writer::Release {
             id: claim.id,
             attempt: claim.attempt,
             now,
-            reply,
         })
         .await
         .map(|_| ())
     }
 
     async fn retry(&self, id: DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
-        self.call(|reply| Op::Retry(id, now, reply)).await
+        self.call(writer::Retry(id, now)).await
     }
 
     async fn retry_dead(
@@ -386,16 +347,15 @@ impl Backend for SqliteStore {
         now: Timestamp,
         environment: Option<Environment>,
     ) -> Result<u64, StoreError> {
-        self.call(|reply| Op::RetryDead(now, environment, reply))
-            .await
+        self.call(writer::RetryDead(now, environment)).await
     }
 
     async fn purge_delivered(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n = self.call(|reply| Op::Purge(before, reply)).await?;
+            let n = self.call(writer::Purge(before)).await?;
             total += n;
-            if n < PURGE_CHUNK as u64 {
+            if n < writer::PURGE_CHUNK as u64 {
                 if total > 0 {
                     self.scrub_wal();
                 }
@@ -421,15 +381,7 @@ impl Backend for SqliteStore {
         old: Vec<u8>,
         new: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        let n = self
-            .call(|reply| Op::Rewrite {
-                id,
-                old,
-                new,
-                reply,
-            })
-            .await?;
-        Ok(n > 0)
+        self.call(writer::Rewrite { id, old, new }).await
     }
 
     /// The schema version in the file and the newest this release has.
@@ -453,7 +405,7 @@ impl Backend for SqliteStore {
     }
 
     async fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
-        self.call(|reply| Op::Exec(sql, params, reply)).await
+        self.call(writer::Exec(sql, params)).await
     }
 
     async fn insert_returning(
@@ -461,7 +413,7 @@ impl Backend for SqliteStore {
         sql: &'static str,
         params: Vec<Param>,
     ) -> Result<i64, StoreError> {
-        self.call(|reply| Op::Insert(sql, params, reply)).await
+        self.call(writer::Insert(sql, params)).await
     }
 
     /// The writer runs it, as it runs an operator's insert.
@@ -470,7 +422,7 @@ impl Backend for SqliteStore {
     }
 
     async fn replay_step(&self, id: ReplayId, now: Timestamp) -> Result<Stepped, StoreError> {
-        self.call(|reply| Op::ReplayStep(id, now, reply)).await
+        self.call(writer::ReplayStep(id, now)).await
     }
 
     /// Rows of two numbers, on the relay's own read connection.
@@ -591,102 +543,10 @@ impl Backend for SqliteStore {
             let _ = stop.send(());
         }
         let (tx, rx) = oneshot::channel();
-        if self.writer.send(Op::Close(tx)).await.is_ok() {
+        if self.writer.send(Message::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
-}
-
-/// A few read connections, each used by one read at a time; a read waits
-/// for a free one on its blocking thread. (Waiting on an async semaphore
-/// instead kept connections idle: a turn handed to a read whose worker was
-/// busy rendering another answer stayed unused until that worker came back.)
-struct ReadPool {
-    idle: Mutex<Vec<Connection>>,
-    returned: Condvar,
-    /// Bounds the blocking threads a crowd of reads can hold while waiting.
-    waiting: tokio::sync::Semaphore,
-}
-
-/// Reads that may wait for a connection at once; more wait, without a thread.
-const READ_QUEUE: usize = 64;
-
-impl ReadPool {
-    fn open(path: &Path, size: usize) -> Result<Self, StoreError> {
-        let idle = (0..size)
-            .map(|_| connect(path))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            idle: Mutex::new(idle),
-            returned: Condvar::new(),
-            waiting: tokio::sync::Semaphore::new(READ_QUEUE),
-        })
-    }
-
-    async fn run<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let _queued = self
-            .waiting
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let lent = Lent {
-                pool: &pool,
-                conn: Some(pool.take()),
-            };
-            f(lent.conn.as_ref().expect("lent until dropped"))
-        })
-        .await
-        .map_err(|e| StoreError::Unusable(format!("a read panicked: {e}")))?
-    }
-
-    fn take(&self) -> Connection {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(conn) = idle.pop() {
-                return conn;
-            }
-            idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// A connection out of the pool, given back when dropped, even by a read
-/// that panicked (a statement cut short is reset when it drops).
-struct Lent<'a> {
-    pool: &'a ReadPool,
-    conn: Option<Connection>,
-}
-
-impl Drop for Lent<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
-            self.pool.returned.notify_one();
-        }
-    }
-}
-
-/// The `received_at` of a listing's cursor row, if it has one and it is kept.
-fn cursor_at(conn: &Connection, filter: &ListFilter) -> Result<Option<i64>, StoreError> {
-    let Some(cursor) = filter.before else {
-        return Ok(None);
-    };
-    let mut stmt = conn.prepare_cached(rows::CURSOR_AT)?;
-    bind(&mut stmt, &[Value::Int(cursor.0)])?;
-    let mut found = stmt.raw_query();
-    Ok(match found.next()? {
-        Some(row) => Some(row.get(0)?),
-        None => None,
-    })
 }
 
 /// `sqlite://relay.db`, `sqlite:///var/lib/relay.db`, `sqlite:relay.db?mode=rwc` → the path.
@@ -806,399 +666,6 @@ fn lock_file(path: &Path) -> Result<Option<File>, StoreError> {
     Ok(Some(file))
 }
 
-/// The writer thread's own state.
-struct Writer {
-    path: PathBuf,
-    /// `None` after a failed batch, until the next batch reconnects.
-    conn: Option<Connection>,
-    committing: Arc<AtomicBool>,
-    /// Held for as long as the writer runs; released before a close is
-    /// answered, so a relay started right after finds the file free.
-    lock: Option<File>,
-}
-
-/// Returns when the store is closed (or every sender is gone).
-fn write_loop(writer: &mut Writer, rx: &mut mpsc::Receiver<Op>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut close = None;
-        let mut ops = Vec::with_capacity(batch.len());
-        for op in batch {
-            match op {
-                Op::Close(done) => close = Some(done),
-                other => ops.push(other),
-            }
-        }
-        if !ops.is_empty() {
-            writer.commit_batch(ops);
-        }
-        if let Some(done) = close {
-            // Requests that race the close are answered "closed" by the dropped receiver.
-            rx.close();
-            drop(writer.conn.take());
-            drop(writer.lock.take());
-            let _ = done.send(());
-            return;
-        }
-    }
-}
-
-impl Writer {
-    /// Runs every operation in one transaction and answers them all after the
-    /// commit. If the batch fails because of what one row holds (a constraint,
-    /// a value too big), each operation is run again in a transaction of its
-    /// own, so the bad one fails alone; any other failure (full disk, I/O
-    /// error) fails the whole batch, and nothing of it is kept.
-    fn commit_batch(&mut self, ops: Vec<Op>) {
-        let results: Vec<Result<Done, StoreError>> = match self.run(&ops) {
-            Ok(done) => done.into_iter().map(Ok).collect(),
-            Err(e) if ops.len() == 1 => vec![Err(refused_or_not(e))],
-            Err(e) if row_specific(&e) => {
-                tracing::warn!(error = %e, operations = ops.len(), "a batch was refused; committing each operation on its own");
-                ops.iter()
-                    .map(|op| {
-                        self.run(std::slice::from_ref(op))
-                            .map(|mut done| done.remove(0))
-                            .map_err(refused_or_not)
-                    })
-                    .collect()
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                ops.iter()
-                    .map(|_| Err(StoreError::Commit(reason.clone())))
-                    .collect()
-            }
-        };
-        // Ready again as soon as anything commits; not ready while nothing does.
-        let committed = results.iter().any(Result::is_ok)
-            || !results
-                .iter()
-                .any(|r| matches!(r, Err(StoreError::Commit(_))));
-        self.committing.store(committed, Ordering::Relaxed);
-        for (op, result) in ops.into_iter().zip(results) {
-            op.answer(result);
-        }
-    }
-
-    /// One transaction over `ops`. After a failure the connection is thrown
-    /// away and the next call opens a new one, so no state of the failed
-    /// transaction can leak into the next. (With sqlx, we saw commits after a
-    /// SQLITE_FULL report success and vanish on `kill -9`; the full-disk test
-    /// guards this.)
-    fn run(&mut self, ops: &[Op]) -> Result<Vec<Done>, StoreError> {
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => connect(&self.path)?,
-        };
-        let done = run_batch(&mut conn, ops).map_err(StoreError::from);
-        match &done {
-            Ok(_) => self.conn = Some(conn),
-            Err(e) => {
-                tracing::error!(error = %e, operations = ops.len(), "store commit failed; the transaction was rolled back and the writer reconnects")
-            }
-        }
-        done
-    }
-}
-
-/// Errors caused by one row's values rather than by the database file.
-fn row_specific(e: &StoreError) -> bool {
-    use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
-    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-        if matches!(f.code, ConstraintViolation | TooBig | TypeMismatch))
-}
-
-/// A value SQLite cannot take (too big, wrong type, a CHECK or NOT NULL) is
-/// refused for good; anything else (a trigger, the file) is the store failing.
-fn refused_or_not(e: StoreError) -> StoreError {
-    const TRIGGER: std::ffi::c_int = rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER;
-    match &e {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-            if row_specific(&e) && f.extended_code != TRIGGER =>
-        {
-            StoreError::Refused(e.to_string())
-        }
-        _ => StoreError::Commit(e.to_string()),
-    }
-}
-
-/// A row type read back from SQLite, column by column in its query's order.
-pub(super) trait SqliteRow: Sized {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
-}
-
-impl SqliteRow for (i64, String) {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok((row.get(0)?, row.get(1)?))
-    }
-}
-
-impl SqliteRow for super::at_rest::StoredRow {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: row.get(0)?,
-            environment: row.get(1)?,
-            event_id: row.get(2)?,
-            body: row.get(3)?,
-            headers: row.get(4)?,
-        })
-    }
-}
-
-impl SqliteRow for (i64,) {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok((row.get(0)?,))
-    }
-}
-
-impl SqliteRow for ControlRow {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(ControlRow {
-            environment: row.get(0)?,
-            paused_at: row.get(1)?,
-            paused_by: row.get(2)?,
-            failures: row.get(3)?,
-            breaker_opened_at: row.get(4)?,
-            probe_at: row.get(5)?,
-            held_until: row.get(6)?,
-        })
-    }
-}
-
-impl SqliteRow for SessionRow {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(SessionRow {
-            id: row.get(0)?,
-            secret_hash: row.get(1)?,
-            token_hash: row.get(2)?,
-            peer: row.get(3)?,
-            created_at: row.get(4)?,
-            expires_at: row.get(5)?,
-            ended_at: row.get(6)?,
-            ended_by: row.get(7)?,
-        })
-    }
-}
-
-impl SqliteRow for ReplayRow {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(ReplayRow {
-            id: row.get(0)?,
-            environment: row.get(1)?,
-            received_after: row.get(2)?,
-            received_before: row.get(3)?,
-            statuses: row.get(4)?,
-            state: row.get(5)?,
-            matched: row.get(6)?,
-            queued: row.get(7)?,
-            created_at: row.get(8)?,
-            finished_at: row.get(9)?,
-            actor: row.get(10)?,
-        })
-    }
-}
-
-/// What one operation produced inside the transaction, sent once it commits.
-enum Done {
-    Accepted(Accepted),
-    Claimed(Vec<ClaimRow>),
-    Finished,
-    Count(u64),
-    Stepped(Stepped),
-    Id(i64),
-}
-
-/// A replay's step (see `replays`): the writer's transaction holds the
-/// whole database, so no claim starts between the look and the update.
-fn replay_step(conn: &Connection, id: ReplayId, now: Timestamp) -> rusqlite::Result<Stepped> {
-    let mut stmt = conn.prepare_cached(replays::STEP_REPLAY)?;
-    bind(&mut stmt, &[Value::Int(id.0), Value::Int(now.0)])?;
-    let mut found = stmt.raw_query();
-    let Some(row) = found.next()? else {
-        return Ok(Stepped::default());
-    };
-    let replay = replays::StepReplay {
-        environment: row.get(0)?,
-        received_after: row.get(1)?,
-        received_before: row.get(2)?,
-        statuses: row.get(3)?,
-        cursor_at: row.get(4)?,
-        cursor_id: row.get(5)?,
-    };
-    drop(found);
-    let params = replay.params(now);
-    let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-    let mut stmt = conn.prepare_cached(replays::STEP_DELIVERIES)?;
-    bind(&mut stmt, &values)?;
-    let mut rows_found = stmt.raw_query();
-    let mut candidates = Vec::new();
-    while let Some(row) = rows_found.next()? {
-        candidates.push(replays::Candidate {
-            id: row.get(0)?,
-            received_at: row.get(1)?,
-            in_flight: row.get::<_, i64>(2)? != 0,
-        });
-    }
-    drop(rows_found);
-    let plan = replays::plan_step(&candidates, replays::STEP_SIZE);
-    for delivery in &plan.queue {
-        execute(conn, rows::REPLAY_ONE_KEEP, &[Value::Int(*delivery)])?;
-        execute(
-            conn,
-            rows::REPLAY_ONE,
-            &[Value::Int(*delivery), Value::Int(now.0)],
-        )?;
-    }
-    let params = replay.done_params(id, &plan, now);
-    let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-    execute(conn, replays::STEP_DONE, &values)?;
-    Ok(Stepped {
-        queued: plan.queue.len() as u64,
-        done: plan.done,
-    })
-}
-
-fn run_batch(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut done = Vec::with_capacity(ops.len());
-    for op in ops {
-        done.push(apply(&tx, op)?);
-    }
-    tx.commit()?;
-    Ok(done)
-}
-
-fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Done> {
-    Ok(match op {
-        Op::Accept(event, _) => {
-            let mut stmt = conn.prepare_cached(rows::ACCEPT)?;
-            let sealed_by = event.sealed_by();
-            bind(
-                &mut stmt,
-                &[
-                    Value::Text(event.environment.as_str()),
-                    Value::Text(event.event_id.as_str()),
-                    Value::Text(event.event_type.as_str()),
-                    Value::Text(event.token.as_str()),
-                    Value::Blob(event.stored_body()),
-                    Value::Blob(&event.stored_headers()),
-                    Value::Int(event.received_at.0),
-                    event.leased_until.map(|t| t.0).into(),
-                    event.payment_id.as_ref().map(|p| p.as_str()).into(),
-                    Value::Int(event.format()),
-                    sealed_by.as_deref().into(),
-                ],
-            )?;
-            let mut inserted = stmt.raw_query();
-            let id: Option<i64> = match inserted.next()? {
-                Some(row) => Some(row.get(0)?),
-                None => None,
-            };
-            Done::Accepted(id.map_or(Accepted::Duplicate, |id| Accepted::New(DeliveryId(id))))
-        }
-        Op::Claim {
-            now,
-            lease,
-            environment,
-            limit,
-            ..
-        } => {
-            let mut stmt = conn.prepare_cached(rows::claim_sql(false))?;
-            bind(
-                &mut stmt,
-                &[
-                    Value::Int(now.plus(*lease).0),
-                    Value::Int(now.0),
-                    Value::Int(i64::from(*limit)),
-                    Value::Text(environment.as_str()),
-                ],
-            )?;
-            let mut found = stmt.raw_query();
-            let mut claimed = Vec::new();
-            while let Some(row) = found.next()? {
-                claimed.push(ClaimRow {
-                    id: row.get(0)?,
-                    environment: row.get(1)?,
-                    event_id: row.get(2)?,
-                    body: row.get(3)?,
-                    headers: row.get(4)?,
-                    attempts: row.get(5)?,
-                    attempts_base: row.get(6)?,
-                    received_at: row.get(7)?,
-                    sealed_by: row.get(8)?,
-                });
-            }
-            Done::Claimed(claimed)
-        }
-        Op::Finish(row, _) => {
-            execute(conn, rows::finish_one_sql(), &row.values())?;
-            if row.needs_attempt_row() {
-                execute(conn, rows::RECORD_ATTEMPT, &row.attempt_values())?;
-            }
-            Done::Finished
-        }
-        Op::Release {
-            id, attempt, now, ..
-        } => Done::Count(execute(
-            conn,
-            rows::RELEASE,
-            &[
-                Value::Int(id.0),
-                Value::Int(i64::from(*attempt)),
-                Value::Int(now.0),
-            ],
-        )?),
-        Op::Retry(id, now, _) => {
-            let values = [Value::Int(id.0), Value::Int(now.0)];
-            execute(conn, rows::RETRY_ONE_KEEP, &values)?;
-            Done::Count(execute(conn, rows::RETRY_ONE, &values)?)
-        }
-        Op::RetryDead(now, environment, _) => {
-            let environment: Value<'_> = environment.map(|e| e.as_str()).into();
-            execute(conn, rows::RETRY_DEAD_KEEP, &[environment])?;
-            Done::Count(execute(
-                conn,
-                rows::RETRY_DEAD,
-                &[Value::Int(now.0), environment],
-            )?)
-        }
-        Op::ReplayStep(id, now, _) => Done::Stepped(replay_step(conn, *id, *now)?),
-        Op::Insert(sql, params, _) => {
-            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-            let mut stmt = conn.prepare_cached(sql)?;
-            bind(&mut stmt, &values)?;
-            let mut inserted = stmt.raw_query();
-            let id: i64 = match inserted.next()? {
-                Some(row) => row.get(0)?,
-                None => return Err(rusqlite::Error::QueryReturnedNoRows),
-            };
-            Done::Id(id)
-        }
-        Op::Purge(before, _) => {
-            let chunk = [Value::Int(before.0), Value::Int(PURGE_CHUNK)];
-            execute(conn, rows::PURGE_ATTEMPTS, &chunk)?;
-            Done::Count(execute(conn, rows::PURGE_DELIVERED, &chunk)?)
-        }
-        Op::Rewrite { id, old, new, .. } => Done::Count(execute(
-            conn,
-            &rows::REWRITE_HEADERS,
-            &[Value::Int(*id), Value::Blob(old), Value::Blob(new)],
-        )?),
-        Op::Exec(sql, params, _) => {
-            let values: Vec<Value<'_>> = params.iter().map(Param::as_value).collect();
-            Done::Count(execute(conn, sql, &values)?)
-        }
-        Op::Close(_) => Done::Finished,
-    })
-}
-
 fn execute(conn: &Connection, sql: &str, values: &[Value<'_>]) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached(sql)?;
     bind(&mut stmt, values)?;
@@ -1230,73 +697,6 @@ fn index(stmt: &Statement<'_>, n: usize) -> rusqlite::Result<usize> {
         .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("${n}")))?;
     stmt.parameter_index(name)?
         .ok_or_else(|| rusqlite::Error::InvalidParameterName((*name).to_owned()))
-}
-
-fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
-    Ok(DeliveryRow {
-        id: row.get(0)?,
-        environment: row.get(1)?,
-        event_id: row.get(2)?,
-        event_type: row.get(3)?,
-        accelerate_token: row.get(4)?,
-        status: row.get(5)?,
-        attempts: row.get(6)?,
-        next_attempt_at: row.get(7)?,
-        last_error: row.get(8)?,
-        received_at: row.get(9)?,
-        delivered_at: row.get(10)?,
-        payment_id: row.get(11)?,
-    })
-}
-
-impl Op {
-    /// Sends the committed result, or the failure, to whoever asked.
-    fn answer(self, result: Result<Done, StoreError>) {
-        fn send<T>(reply: Reply<T>, value: Result<T, StoreError>) {
-            // The caller may have timed out and gone; the result stands anyway.
-            let _ = reply.send(value);
-        }
-        match (self, result) {
-            (Op::Accept(_, r), Ok(Done::Accepted(a))) => send(r, Ok(a)),
-            (Op::Claim { reply, .. }, Ok(Done::Claimed(found))) => send(reply, Ok(found)),
-            (Op::Finish(_, reply), Ok(Done::Finished)) => send(reply, Ok(())),
-            (Op::Retry(_, _, r), Ok(Done::Count(n))) => send(r, Ok(n > 0)),
-            (Op::ReplayStep(_, _, r), Ok(Done::Stepped(s))) => send(r, Ok(s)),
-            (Op::Insert(_, _, r), Ok(Done::Id(id))) => send(r, Ok(id)),
-            (
-                Op::RetryDead(_, _, r)
-                | Op::Purge(_, r)
-                | Op::Release { reply: r, .. }
-                | Op::Rewrite { reply: r, .. }
-                | Op::Exec(_, _, r),
-                Ok(Done::Count(n)),
-            ) => send(r, Ok(n)),
-            (Op::Close(done), _) => {
-                let _ = done.send(());
-            }
-            (op, result) => {
-                let error = result.err().unwrap_or_else(|| {
-                    StoreError::Commit("internal: operation and result differ".to_owned())
-                });
-                match op {
-                    Op::Accept(_, r) => send(r, Err(error)),
-                    Op::Claim { reply, .. } => send(reply, Err(error)),
-                    Op::Finish(_, reply) => send(reply, Err(error)),
-                    Op::Retry(_, _, r) => send(r, Err(error)),
-                    Op::ReplayStep(_, _, r) => send(r, Err(error)),
-                    Op::Insert(_, _, r) => send(r, Err(error)),
-                    Op::RetryDead(_, _, r)
-                    | Op::Purge(_, r)
-                    | Op::Release { reply: r, .. }
-                    | Op::Rewrite { reply: r, .. }
-                    | Op::Exec(_, _, r) => send(r, Err(error)),
-                    Op::Close(done) => {
-                        let _ = done.send(());
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Keeps the WAL short without making a committing request wait for it: on
