@@ -94,9 +94,9 @@ async fn respond(
     }
 }
 
-/// Every answer of the receive path, by the code it carries: the JSON
-/// `error` (or 200 `status`/`reason`), the log's `reason` and the metrics'
-/// `result` label are all this one value.
+/// Every answer of the receive path, by the code it carries: a refusal's
+/// JSON `error`, its log line's `reason` and every answer's `result` label
+/// in the metrics are this one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WebhookResult {
     Accepted,

@@ -2,9 +2,9 @@
 //! is stored in clear and moves rows of an older key to the first one, and
 //! the start-up check that every sealed row has its key configured.
 
-use super::backend::Backend;
 use futures_util::future::join_all;
 
+use super::backend::Backend;
 use super::rows::{Param, FORMAT, FORMAT_SEALED};
 use super::{ForwardHeaders, HeldKey, Store, StoreError};
 use crate::event::Environment;

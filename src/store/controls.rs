@@ -5,9 +5,9 @@
 //! win a probe, never take the same attempt slot and never disagree on
 //! whether an environment is paused for longer than their refresh.
 
-use super::backend::Backend;
 use std::time::Duration;
 
+use super::backend::Backend;
 use super::rows::{ControlRow, Param};
 use super::{Store, StoreError, Timestamp};
 use crate::event::Environment;

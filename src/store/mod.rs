@@ -34,10 +34,10 @@ pub use at_rest::Sealing;
 pub use controls::Control;
 use headers::HeldKey;
 pub use headers::{Forward, ForwardHeaders};
-pub use postgres::PgStore;
+use postgres::PgStore;
 pub use replays::{Replay, ReplayId, ReplayRequest, ReplayState, Stepped, STEP_EVERY, STEP_SIZE};
 pub use sessions::{EndedBy, StoredSession};
-pub use sqlite::SqliteStore;
+use sqlite::SqliteStore;
 pub use timestamp::{parse_utc, Timestamp};
 
 pub use rows::FORMAT;
@@ -602,6 +602,7 @@ pub enum AttemptKind {
 }
 
 impl AttemptKind {
+    /// In declaration order: `self as usize` is a kind's place here.
     pub const ALL: [AttemptKind; 10] = [
         AttemptKind::Delivered,
         AttemptKind::Http3xx,
@@ -788,4 +789,17 @@ pub struct ListFilter {
     pub received_before: Option<Timestamp>,
     pub before: Option<DeliveryId>,
     pub limit: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptKind;
+
+    /// The metrics index their attempt counters by `kind as usize`.
+    #[test]
+    fn every_attempt_kind_is_listed_at_its_own_place() {
+        for (place, kind) in AttemptKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, place, "{kind:?}");
+        }
+    }
 }

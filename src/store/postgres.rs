@@ -104,7 +104,7 @@ pub struct PgStore {
     accepts: Group<NewEvent, Accepted>,
     outcomes: Group<rows::FinishRow, ()>,
     /// `RELAY_STORE_KEY`, when set.
-    pub(super) keys: Option<Arc<StoreKeys>>,
+    keys: Option<Arc<StoreKeys>>,
 }
 
 /// The newest migration applied to the database beside the newest this
@@ -188,6 +188,20 @@ impl PgStore {
             outcomes,
             keys: config.store_key.clone(),
         })
+    }
+
+    /// The one number `sql` returns, on `pool`.
+    async fn one_number(
+        &self,
+        pool: &PgPool,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<i64, StoreError> {
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for param in params {
+            query = bind!(query, param.as_value());
+        }
+        bounded(self.timeout, query.fetch_one(pool)).await
     }
 
     /// The `received_at` of a listing's cursor row, if it has one and it is kept.
@@ -432,27 +446,19 @@ impl Backend for PgStore {
         Ok(done.rows_affected())
     }
 
-    /// The id an insert returns.
+    /// The id an insert returns, on the operators' pool.
     async fn insert_returning(
         &self,
         sql: &'static str,
         params: Vec<Param>,
     ) -> Result<i64, StoreError> {
-        let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in &params {
-            query = bind!(query, param.as_value());
-        }
-        bounded(self.timeout, query.fetch_one(&self.admin)).await
+        self.one_number(&self.admin, sql, &params).await
     }
 
     /// One number a statement returns, on the relay's own pool (delivery
     /// control: its statements are on the delivery path).
     async fn returning(&self, sql: &'static str, params: Vec<Param>) -> Result<i64, StoreError> {
-        let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for param in &params {
-            query = bind!(query, param.as_value());
-        }
-        bounded(self.timeout, query.fetch_one(&self.pool)).await
+        self.one_number(&self.pool, sql, &params).await
     }
 
     /// Rows of two numbers, on the relay's own pool (the replay runner's reads).

@@ -7,10 +7,10 @@
 //! (and, on PostgreSQL, the deliveries it reaches), so two replicas never
 //! take the same step, and `next_step_at` paces the fleet, not each replica.
 
-use super::backend::Backend;
 use std::fmt;
 use std::str::FromStr;
 
+use super::backend::Backend;
 use super::rows::{Param, ReplayRow};
 use super::{Status, Store, StoreError, Timestamp};
 use crate::event::Environment;

@@ -89,7 +89,7 @@ pub struct SqliteStore {
     /// Set by `scrub_wal`; the checkpointer then truncates the WAL.
     truncate_wal: Arc<AtomicBool>,
     /// `RELAY_STORE_KEY`, when set.
-    pub(super) keys: Option<Arc<StoreKeys>>,
+    keys: Option<Arc<StoreKeys>>,
 }
 
 const WRITER: usize = 0;
