@@ -413,6 +413,37 @@ async fn metrics_count_every_answer_and_attempt(backend: Backend) {
     assert_eq!(webhooks("sandbox", "ignored_event_type"), 1.0);
     assert_eq!(webhooks("sandbox", "unauthorized"), 1.0);
     assert_eq!(webhooks("none", "unknown_environment"), 1.0);
+    // Every result the contract lists is a series from the start, and no other.
+    let mut results: Vec<&str> = text
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("accelerate_relay_webhooks_total{environment=\"none\",result=\"")
+        })
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    results.sort_unstable();
+    let mut contract = vec![
+        "accepted",
+        "duplicate",
+        "ignored_event_type",
+        "ignored_no_accelerate_token",
+        "unauthorized",
+        "invalid_signature",
+        "malformed_event",
+        "payload_too_large",
+        "unknown_environment",
+        "forbidden_source",
+        "store_unavailable",
+        "request_timeout",
+        "request_header_fields_too_large",
+        "uri_too_long",
+        "not_implemented",
+        "bad_request",
+        "method_not_allowed",
+        "not_found",
+    ];
+    contract.sort_unstable();
+    assert_eq!(results, contract, "{text}");
     assert_eq!(
         sample(&text, "accelerate_relay_webhook_duration_seconds_count"),
         5.0

@@ -234,7 +234,13 @@ impl TestApp {
             sandbox,
             production,
             db,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped before the relay's keep-alive (actix's
+            // 5 s) closes them: a request sent on one the relay is closing at
+            // that moment is reset, as a /metrics read after a 5 s wait was.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(2))
+                .build()
+                .expect("a client"),
             vars,
             handle,
             join,
