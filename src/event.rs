@@ -61,9 +61,11 @@ impl Environment {
 
 impl fmt::Display for Environment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
+
+serialize_as_display!(Environment);
 
 impl FromStr for Environment {
     type Err = EventError;

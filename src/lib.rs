@@ -7,6 +7,18 @@
 //! Accelerate   ◀─ deliver::Worker ◀─ store.claim_due ◀──────────────┘
 //! ```
 
+/// Serialises each type as its `Display` text, so a view's JSON spells an id,
+/// a status or a time exactly as the console, the CLI and the logs do.
+macro_rules! serialize_as_display {
+    ($($t:ty),+ $(,)?) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )+};
+}
+
 pub mod activity;
 pub mod cli;
 pub mod config;

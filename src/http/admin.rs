@@ -135,7 +135,7 @@ async fn list(
         .run(async move {
             let deliveries = operations.list(&who, &filter).await?;
             let next = (deliveries.len() == filter.limit as usize)
-                .then(|| deliveries.last().map(|d| d.id.clone()))
+                .then(|| deliveries.last().map(|d| d.id))
                 .flatten();
             let page = serde_json::to_vec(&json!({ "deliveries": deliveries, "next": next }))
                 .expect("a page of deliveries serialises");
@@ -237,7 +237,7 @@ async fn start_replay(
         Timestamp::now(),
     )
     .map_err(AdminError::BadRequest)?;
-    let retained_since = state.operations.retained_since().to_string();
+    let retained_since = state.operations.retained_since();
     if body.dry_run {
         let matched = state.operations.preview_replay(&request).await?;
         return Ok(HttpResponse::Ok().json(json!({
@@ -331,7 +331,7 @@ async fn pause_or_resume(
         .environments()
         .await?
         .into_iter()
-        .find(|v| v.environment == env.as_str());
+        .find(|v| v.environment == env);
     Ok(HttpResponse::Ok().json(json!({ "environment": shown, "changed": changed })))
 }
 
@@ -350,8 +350,8 @@ async fn sessions(
             json!({
                 "id": s.id,
                 "peer": s.peer,
-                "created_at": s.created_at.to_string(),
-                "expires_at": s.expires_at.to_string(),
+                "created_at": s.created_at,
+                "expires_at": s.expires_at,
             })
         })
         .collect();

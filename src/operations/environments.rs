@@ -11,18 +11,18 @@ use crate::store::Timestamp;
 /// `environments list` show it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EnvironmentView {
-    pub environment: &'static str,
+    pub environment: Environment,
     pub paused: bool,
-    pub paused_at: Option<String>,
+    pub paused_at: Option<Timestamp>,
     /// Who paused it: `api`, `cli` or a console session's id.
     pub paused_by: Option<String>,
     /// `closed` or `open`.
     pub breaker: &'static str,
-    pub breaker_opened_at: Option<String>,
+    pub breaker_opened_at: Option<Timestamp>,
     /// Consecutive failed attempts, for the whole fleet.
     pub consecutive_failures: u32,
     /// Accelerate's `Retry-After` holds attempts until then.
-    pub held_until: Option<String>,
+    pub held_until: Option<Timestamp>,
     /// Attempts per second for the whole fleet; `None`: unlimited.
     pub rate_per_second: Option<u32>,
     /// Attempts this replica is sending now (`None` from the CLI, which sends none).
@@ -46,21 +46,18 @@ impl Operations {
                     .unwrap_or_default();
                 let gauge = gauges.iter().find(|g| g.environment == env.as_str());
                 EnvironmentView {
-                    environment: env.as_str(),
+                    environment: env,
                     paused: control.paused_at.is_some(),
-                    paused_at: control.paused_at.map(|t| t.to_string()),
+                    paused_at: control.paused_at,
                     paused_by: control.paused_by,
                     breaker: if control.breaker_opened_at.is_some() {
                         "open"
                     } else {
                         "closed"
                     },
-                    breaker_opened_at: control.breaker_opened_at.map(|t| t.to_string()),
+                    breaker_opened_at: control.breaker_opened_at,
                     consecutive_failures: control.failures,
-                    held_until: control
-                        .held_until
-                        .filter(|t| *t > now)
-                        .map(|t| t.to_string()),
+                    held_until: control.held_until.filter(|t| *t > now),
                     rate_per_second: self.rate,
                     in_flight: self.gate.as_ref().map(|g| g.in_flight(env)),
                     pending: gauge.map_or(0, |g| g.pending),

@@ -182,7 +182,7 @@ impl Operations {
             Retried::InFlight { lease_ends } => Err(OperationError::InFlight(format!(
                 "{id}: an attempt is being sent to Accelerate now (its lease ends at {} at the \
                  latest); its outcome will be in the history. Retry after it, if it failed.",
-                lease_ends.as_deref().unwrap_or("its lease's end")
+                lease_ends.map_or("its lease's end".to_owned(), |t| t.to_string())
             ))),
         }
     }

@@ -380,9 +380,11 @@ pub struct DeliveryId(pub i64);
 
 impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dlv_{}", self.0)
+        f.pad(&format!("dlv_{}", self.0))
     }
 }
+
+serialize_as_display!(DeliveryId, Status, AttemptKind);
 
 /// Only the spelling the relay prints (`dlv_` and a positive number without
 /// sign or leading zeros): an operator's id names one delivery, one way.
@@ -412,7 +414,7 @@ pub enum Retried {
     /// An attempt is being made (until its lease ends at the latest); the
     /// retry is refused rather than sent beside it.
     InFlight {
-        lease_ends: Option<String>,
+        lease_ends: Option<Timestamp>,
     },
 }
 
@@ -430,6 +432,12 @@ impl Status {
             Status::Delivered => "delivered",
             Status::Dead => "dead",
         }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -601,6 +609,12 @@ pub enum AttemptKind {
     Other,
 }
 
+impl fmt::Display for AttemptKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 impl AttemptKind {
     /// In declaration order: `self as usize` is a kind's place here.
     pub const ALL: [AttemptKind; 10] = [
@@ -631,6 +645,15 @@ impl AttemptKind {
         }
     }
 
+    /// The kind a stored attempt names. One a newer release records that
+    /// this one does not know reads as `other`, not as a broken history.
+    pub fn named(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or(AttemptKind::Other)
+    }
+
     /// The kind of an answer Accelerate gave.
     pub fn of_status(status: u16) -> Self {
         match status {
@@ -659,10 +682,10 @@ pub struct AttemptRecord {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AttemptView {
     pub attempt: u32,
-    pub started_at: String,
+    pub started_at: Timestamp,
     pub duration_ms: u64,
     pub http_status: Option<u16>,
-    pub outcome: String,
+    pub outcome: AttemptKind,
     pub message: Option<String>,
 }
 
@@ -696,17 +719,18 @@ pub struct Counts {
 /// A delivery as operators see it (no body, no headers, redacted token).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Delivery {
-    pub id: String,
-    pub environment: String,
+    pub id: DeliveryId,
+    pub environment: Environment,
     pub event_id: String,
     pub event_type: String,
+    /// Already redacted: the store never hands a view the whole token.
     pub accelerate_token: String,
-    pub status: String,
+    pub status: Status,
     pub attempts: u32,
-    pub next_attempt_at: Option<String>,
+    pub next_attempt_at: Option<Timestamp>,
     pub last_error: Option<String>,
-    pub received_at: String,
-    pub delivered_at: Option<String>,
+    pub received_at: Timestamp,
+    pub delivered_at: Option<Timestamp>,
     /// Checkout.com's `data.id`; none for events stored before it was kept.
     pub payment_id: Option<String>,
 }
@@ -793,7 +817,86 @@ pub struct ListFilter {
 
 #[cfg(test)]
 mod tests {
-    use super::AttemptKind;
+    use super::*;
+
+    /// The typed views serialise to the text the admin API has always
+    /// answered: ids, statuses and environments as names, times as RFC 3339.
+    #[test]
+    fn a_delivery_detail_serialises_to_its_documented_json() {
+        let detail = DeliveryDetail {
+            delivery: Delivery {
+                id: DeliveryId(42),
+                environment: Environment::Production,
+                event_id: "evt_1".into(),
+                event_type: "payment_approved".into(),
+                accelerate_token: "tok_…abcd".into(),
+                status: Status::Pending,
+                attempts: 1,
+                next_attempt_at: Some(Timestamp(1_796_688_000_250)),
+                last_error: Some("HTTP 503".into()),
+                received_at: Timestamp(1_796_688_000_000),
+                delivered_at: None,
+                payment_id: Some("pay_1".into()),
+            },
+            attempt_history: vec![AttemptView {
+                attempt: 1,
+                started_at: Timestamp(1_796_688_000_100),
+                duration_ms: 12,
+                http_status: Some(503),
+                outcome: AttemptKind::Http5xx,
+                message: None,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&detail).expect("serialises"),
+            serde_json::json!({
+                "id": "dlv_42",
+                "environment": "production",
+                "event_id": "evt_1",
+                "event_type": "payment_approved",
+                "accelerate_token": "tok_…abcd",
+                "status": "pending",
+                "attempts": 1,
+                "next_attempt_at": "2026-12-08T00:00:00.250Z",
+                "last_error": "HTTP 503",
+                "received_at": "2026-12-08T00:00:00.000Z",
+                "delivered_at": null,
+                "payment_id": "pay_1",
+                "attempt_history": [{
+                    "attempt": 1,
+                    "started_at": "2026-12-08T00:00:00.100Z",
+                    "duration_ms": 12,
+                    "http_status": 503,
+                    "outcome": "http_5xx",
+                    "message": null,
+                }],
+            })
+        );
+    }
+
+    /// The CLI's one-line listings line their columns up with these widths.
+    #[test]
+    fn ids_statuses_and_environments_fill_a_column() {
+        assert_eq!(
+            format!(
+                "{:<8}|{:<9}|{:<10}|",
+                DeliveryId(7),
+                Status::Dead,
+                Environment::Sandbox
+            ),
+            "dlv_7   |dead     |sandbox   |"
+        );
+        assert_eq!(format!("{:<6}|", AttemptKind::Tls), "tls   |");
+    }
+
+    /// A kind a newer release records reads as `other`, every known one as itself.
+    #[test]
+    fn a_stored_attempt_kind_reads_back_by_its_name() {
+        for kind in AttemptKind::ALL {
+            assert_eq!(AttemptKind::named(kind.as_str()), kind);
+        }
+        assert_eq!(AttemptKind::named("http_418_teapot"), AttemptKind::Other);
+    }
 
     /// The metrics index their attempt counters by `kind as usize`.
     #[test]

@@ -364,7 +364,7 @@ impl Backend for PgStore {
             .bind(id.0)
             .fetch_optional(&self.admin)
             .await?;
-        Ok(row.map(Delivery::from))
+        row.map(Delivery::try_from).transpose()
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
@@ -375,7 +375,7 @@ impl Backend for PgStore {
             query = bind!(query, value);
         }
         let found = bounded(self.timeout, query.fetch_all(&self.admin)).await?;
-        Ok(found.into_iter().map(Delivery::from).collect())
+        found.into_iter().map(Delivery::try_from).collect()
     }
 
     async fn list_plan(

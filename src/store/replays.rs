@@ -67,9 +67,11 @@ pub(super) const STEP_DONE: &str = "UPDATE replays SET cursor_at = $2, cursor_id
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReplayId(pub i64);
 
+serialize_as_display!(ReplayId);
+
 impl fmt::Display for ReplayId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rpl_{}", self.0)
+        f.pad(&format!("rpl_{}", self.0))
     }
 }
 
@@ -143,17 +145,16 @@ impl serde::Serialize for Replay {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut out = s.serialize_struct("Replay", 10)?;
-        out.serialize_field("id", &self.id.to_string())?;
-        out.serialize_field("environment", self.request.environment.as_str())?;
-        out.serialize_field("received_after", &self.request.received_after.to_string())?;
-        out.serialize_field("received_before", &self.request.received_before.to_string())?;
-        let statuses: Vec<&str> = self.request.statuses.iter().map(|s| s.as_str()).collect();
-        out.serialize_field("statuses", &statuses)?;
+        out.serialize_field("id", &self.id)?;
+        out.serialize_field("environment", &self.request.environment)?;
+        out.serialize_field("received_after", &self.request.received_after)?;
+        out.serialize_field("received_before", &self.request.received_before)?;
+        out.serialize_field("statuses", &self.request.statuses)?;
         out.serialize_field("state", &self.state)?;
         out.serialize_field("matched", &self.matched)?;
         out.serialize_field("queued", &self.queued)?;
-        out.serialize_field("created_at", &self.created_at.to_string())?;
-        out.serialize_field("finished_at", &self.finished_at.map(|t| t.to_string()))?;
+        out.serialize_field("created_at", &self.created_at)?;
+        out.serialize_field("finished_at", &self.finished_at)?;
         out.end()
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{
     AttemptKind, AttemptRecord, AttemptView, Claimed, Delivery, DeliveryId, ForwardHeaders,
-    ListFilter, Outcome, StoreError, Timestamp,
+    ListFilter, Outcome, Status, StoreError, Timestamp,
 };
 use crate::event::{redact, Environment};
 use crate::seal::{self, StoreKeys};
@@ -493,10 +493,10 @@ impl From<AttemptRow> for AttemptView {
     fn from(row: AttemptRow) -> Self {
         AttemptView {
             attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
-            started_at: Timestamp(row.started_at).to_string(),
+            started_at: Timestamp(row.started_at),
             duration_ms: u64::try_from(row.duration_ms).unwrap_or(0),
             http_status: row.http_status.and_then(|s| u16::try_from(s).ok()),
-            outcome: row.outcome,
+            outcome: AttemptKind::named(&row.outcome),
             message: row.message,
         }
     }
@@ -571,22 +571,30 @@ pub struct DeliveryRow {
     pub(super) payment_id: Option<String>,
 }
 
-impl From<DeliveryRow> for Delivery {
-    fn from(row: DeliveryRow) -> Self {
-        let pending = row.status == "pending";
-        Delivery {
-            id: DeliveryId(row.id).to_string(),
-            environment: row.environment,
+/// A row whose environment or status this release cannot name is corrupt,
+/// not shown as a guess.
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = StoreError;
+    fn try_from(row: DeliveryRow) -> Result<Self, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(row.id, what);
+        let environment = row
+            .environment
+            .parse()
+            .map_err(|e: crate::event::EventError| corrupt(e.to_string()))?;
+        let status: Status = row.status.parse().map_err(corrupt)?;
+        Ok(Delivery {
+            id: DeliveryId(row.id),
+            environment,
             event_id: row.event_id,
             event_type: row.event_type,
             accelerate_token: redact(&row.accelerate_token),
-            status: row.status,
+            status,
             attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-            next_attempt_at: pending.then(|| Timestamp(row.next_attempt_at).to_string()),
+            next_attempt_at: (status == Status::Pending).then_some(Timestamp(row.next_attempt_at)),
             last_error: row.last_error,
-            received_at: Timestamp(row.received_at).to_string(),
-            delivered_at: row.delivered_at.map(|t| Timestamp(t).to_string()),
+            received_at: Timestamp(row.received_at),
+            delivered_at: row.delivered_at.map(Timestamp),
             payment_id: row.payment_id,
-        }
+        })
     }
 }

@@ -49,6 +49,8 @@ impl fmt::Display for Timestamp {
     }
 }
 
+serialize_as_display!(Timestamp);
+
 /// A time an operator gives (`name` is the parameter, for the error).
 pub fn parse_utc(name: &str, value: &str) -> Result<Timestamp, String> {
     humantime::parse_rfc3339_weak(value)

@@ -236,6 +236,15 @@ async fn listing_filters_and_pages_newest_first_without_secrets(backend: Backend
     app.stop().await;
 }
 
+/// A time as the views spell it: RFC 3339 in UTC, to the millisecond.
+fn is_utc_millis(value: &Value) -> bool {
+    value.as_str().is_some_and(|t| {
+        t.len() == "2026-12-07T23:30:00.000Z".len()
+            && t.ends_with('Z')
+            && humantime::parse_rfc3339(t).is_ok()
+    })
+}
+
 async fn a_delivery_shows_its_attempt_history_and_can_be_retried(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
@@ -256,13 +265,22 @@ async fn a_delivery_shows_its_attempt_history_and_can_be_retried(backend: Backen
     let (status, shown) = admin(&app, "GET", &format!("/admin/deliveries/{id}"), Some(TOKEN)).await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["status"], "dead");
+    assert_eq!(
+        (shown["id"].as_str(), shown["environment"].as_str()),
+        (Some(id.as_str()), Some("sandbox"))
+    );
+    assert!(
+        shown["next_attempt_at"].is_null() && shown["delivered_at"].is_null(),
+        "{shown}"
+    );
+    assert!(is_utc_millis(&shown["received_at"]), "{shown}");
     let history = shown["attempt_history"].as_array().expect("history");
     assert_eq!(history.len(), 2, "{shown}");
     for (i, attempt) in history.iter().enumerate() {
         assert_eq!(attempt["attempt"], i + 1);
         assert_eq!(attempt["http_status"], 503);
         assert_eq!(attempt["outcome"], "http_5xx");
-        assert!(attempt["duration_ms"].is_u64() && attempt["started_at"].is_string());
+        assert!(attempt["duration_ms"].is_u64() && is_utc_millis(&attempt["started_at"]));
         assert!(attempt["message"]
             .as_str()
             .is_some_and(|m| m.contains("503")));
@@ -285,6 +303,7 @@ async fn a_delivery_shows_its_attempt_history_and_can_be_retried(backend: Backen
     assert_eq!(history.len(), 3);
     assert_eq!(history[2]["outcome"], "delivered");
     assert_eq!(history[2]["http_status"], 200);
+    assert!(is_utc_millis(&shown["delivered_at"]), "{shown}");
 
     for (method, path) in [
         ("GET", "/admin/deliveries/dlv_999999"),

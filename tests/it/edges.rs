@@ -140,7 +140,7 @@ async fn a_2xx_whose_body_stalls_is_delivered_once() {
         .expect("list");
     let detail = app
         .store
-        .detail(listed[0].id.parse().expect("id"))
+        .detail(listed[0].id)
         .await
         .expect("detail")
         .expect("found");

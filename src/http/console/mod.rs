@@ -459,7 +459,7 @@ async fn overview(
             minutes: activity.last(counts.environment, window.minutes(), now),
             control: controls
                 .iter()
-                .find(|c| c.environment == counts.environment.as_str())
+                .find(|c| c.environment == counts.environment)
                 .cloned(),
             counts,
         })
@@ -530,7 +530,7 @@ async fn deliveries(
                     })
                     .await?;
                 let older = (list.len() == limit)
-                    .then(|| list.last().map(|d| older_page(&pairs, &d.id)))
+                    .then(|| list.last().map(|d| older_page(&pairs, d.id)))
                     .flatten();
                 (Ok(list), older)
             }
@@ -970,12 +970,13 @@ fn utc(value: &str) -> String {
 }
 
 /// The same filters, from below `last`.
-fn older_page(pairs: &[(String, String)], last: &str) -> String {
+fn older_page(pairs: &[(String, String)], last: DeliveryId) -> String {
+    let last = last.to_string();
     let query: Vec<(&str, &str)> = pairs
         .iter()
         .filter(|(k, _)| k != "cursor")
         .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain([("cursor", last)])
+        .chain([("cursor", last.as_str())])
         .collect();
     let encoded = serde_urlencoded::to_string(query).expect("string pairs always encode");
     format!("/console/deliveries?{encoded}")

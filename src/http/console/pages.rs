@@ -9,8 +9,8 @@ use super::session::Session;
 use crate::activity::Minute;
 use crate::event::Environment;
 use crate::store::{
-    Counts, Delivery, DeliveryDetail, Replay, ReplayRequest, ReplayState, StoredSession, Timestamp,
-    STEP_SIZE,
+    AttemptKind, Counts, Delivery, DeliveryDetail, Replay, ReplayRequest, ReplayState, Status,
+    StoredSession, Timestamp, STEP_SIZE,
 };
 
 /// The page a link in the header is for.
@@ -180,14 +180,14 @@ fn controls(session: &Session, c: &crate::operations::EnvironmentView) -> Markup
             @if c.paused {
                 p.state.paused data-state="paused" {
                     strong { "Paused" }
-                    " since " (c.paused_at.as_deref().unwrap_or("?"))
+                    " since " (c.paused_at.map_or("?".to_owned(), |t| t.to_string()))
                     @if let Some(by) = &c.paused_by { " by " (by) }
                     ". Events are accepted and stored; none is sent until resumed."
                 }
             } @else if c.breaker == "open" {
                 p.state.breaker data-state="breaker-open" {
                     strong { "Breaker open" }
-                    " since " (c.breaker_opened_at.as_deref().unwrap_or("?"))
+                    " since " (c.breaker_opened_at.map_or("?".to_owned(), |t| t.to_string()))
                     ": Accelerate failed " (c.consecutive_failures) " attempts in a row. One probe goes out each interval; nothing turns dead meanwhile."
                 }
             } @else {
@@ -263,15 +263,15 @@ pub fn deliveries(
                         @for d in list {
                             tr {
                                 td { a href=(format!("/console/deliveries/{}", d.id)) { (d.id) } }
-                                td.received { (short(&d.received_at)) }
+                                td.received { (short(d.received_at)) }
                                 td { (d.environment) }
                                 td.event-id { (d.event_id) }
                                 td { (d.event_type) }
                                 td.token { (d.accelerate_token) }
-                                td { (status(&d.status)) }
+                                td { (status(d.status)) }
                                 td.num { (d.attempts) }
                                 td.why {
-                                    @if let Some(next) = &d.next_attempt_at { "next " (short(next)) }
+                                    @if let Some(next) = &d.next_attempt_at { "next " (short(*next)) }
                                     @if let Some(error) = &d.last_error { span.last-error { (error) } }
                                 }
                             }
@@ -299,7 +299,7 @@ pub fn delivery(session: &Session, detail: &DeliveryDetail, notice: Option<&str>
     let d = &detail.delivery;
     let body = html! {
         p.back { a href="/console/deliveries" { "← Deliveries" } }
-        h1 { "Delivery " (d.id) " " (status(&d.status)) }
+        h1 { "Delivery " (d.id) " " (status(d.status)) }
         @if let Some(notice) = notice { p.notice role="status" { (notice) } }
         dl.fields {
             dt { "Environment" } dd { (d.environment) }
@@ -307,10 +307,10 @@ pub fn delivery(session: &Session, detail: &DeliveryDetail, notice: Option<&str>
             dt { "Event type" } dd { (d.event_type) }
             @if let Some(payment) = &d.payment_id { dt { "Payment id" } dd.event-id { (payment) } }
             dt { "AccelerateToken" } dd.token { (d.accelerate_token) }
-            dt { "Received" } dd { (short(&d.received_at)) }
+            dt { "Received" } dd { (short(d.received_at)) }
             dt { "Attempts" } dd { (d.attempts) }
-            @if let Some(next) = &d.next_attempt_at { dt { "Next attempt" } dd { (short(next)) } }
-            @if let Some(at) = &d.delivered_at { dt { "Delivered" } dd { (short(at)) } }
+            @if let Some(next) = &d.next_attempt_at { dt { "Next attempt" } dd { (short(*next)) } }
+            @if let Some(at) = &d.delivered_at { dt { "Delivered" } dd { (short(*at)) } }
             @if let Some(error) = &d.last_error { dt { "Last error" } dd.last-error { (error) } }
         }
         form.retry method="post" action=(format!("/console/deliveries/{}/retry", d.id)) {
@@ -324,8 +324,8 @@ pub fn delivery(session: &Session, detail: &DeliveryDetail, notice: Option<&str>
         } @else {
             ol.timeline {
                 @for a in detail.attempt_history.iter().rev() {
-                    li class=(format!("attempt outcome-{}", if a.outcome == "delivered" { "delivered" } else { "failed" })) {
-                        span.when { (short(&a.started_at)) }
+                    li class=(format!("attempt outcome-{}", if a.outcome == AttemptKind::Delivered { "delivered" } else { "failed" })) {
+                        span.when { (short(a.started_at)) }
                         span.number { "attempt " (a.attempt) }
                         span.took { (a.duration_ms) " ms" }
                         span.answer {
@@ -400,7 +400,7 @@ pub fn replays(
             "is sent again, delivered ones included, with the same bytes, headers and delivery id and a new attempt number. "
             "A replay sends at most " (STEP_SIZE) " events a second for the whole fleet and never beside an attempt in flight." }
         p.hint { "Only events still kept can be replayed: delivered events received before "
-            (short(&retained_since.to_string())) " UTC were purged (RELAY_RETENTION_HOURS)." }
+            (short(retained_since)) " UTC were purged (RELAY_RETENTION_HOURS)." }
         @if let Some(error) = error { p.error role="alert" { (error) } }
         form.filters.replay method="get" action="/console/replays/confirm" {
             div { label for="environment" { "Environment" }
@@ -431,11 +431,11 @@ pub fn replays(
                             td.event-id { (r.id) }
                             td { span class=(format!("status replay-{}", r.state.as_str())) { (r.state.as_str()) } }
                             td { (r.request.environment) }
-                            td.range { (short(&r.request.received_after.to_string())) " →" br; (short(&r.request.received_before.to_string())) }
+                            td.range { (short(r.request.received_after)) " →" br; (short(r.request.received_before)) }
                             td { (statuses(&r.request)) }
                             td.num.matched { (r.matched) }
                             td.num.queued { (r.queued) }
-                            td.range { (short(&r.created_at.to_string())) br; span.actor title=(r.actor) { "by " (actor(&r.actor)) } }
+                            td.range { (short(r.created_at)) br; span.actor title=(r.actor) { "by " (actor(&r.actor)) } }
                             td {
                                 @if r.state == ReplayState::Running {
                                     form.revoke method="post" action=(format!("/console/replays/{}/cancel", r.id)) {
@@ -482,11 +482,11 @@ pub fn confirm_replay(session: &Session, request: &ReplayRequest, matched: u64) 
         h1 { "Replay " (request.environment) " events" }
         @if matched == 0 {
             p { "No " (statuses(request)) " event of " (request.environment) " was received between "
-                (short(&after)) " and " (short(&before)) " UTC (or it was purged). Nothing to replay." }
+                (short(request.received_after)) " and " (short(request.received_before)) " UTC (or it was purged). Nothing to replay." }
             p { a href="/console/replays" { "← Replays" } }
         } @else {
             p.confirm { strong data-count="matched" { (matched) } " " (statuses(request)) " " (plural(matched, "event", "events")) " of " (request.environment)
-                " received between " (short(&after)) " and " (short(&before)) " UTC are sent to Accelerate again, "
+                " received between " (short(request.received_after)) " and " (short(request.received_before)) " UTC are sent to Accelerate again, "
                 "with the same bytes and headers, at most " (STEP_SIZE) " a second." }
             form.confirm method="post" action="/console/replays" {
                 (csrf(session))
@@ -515,8 +515,8 @@ pub fn sessions(session: &Session, active: &[StoredSession], notice: Option<&str
                 @for s in active {
                     tr data-session=(s.id) {
                         td.session-id { (s.id) @if s.id == session.id() { " " span.you { "(this session)" } } }
-                        td { (short(&s.created_at.to_string())) }
-                        td { (short(&s.expires_at.to_string())) }
+                        td { (short(s.created_at)) }
+                        td { (short(s.expires_at)) }
                         td { (s.peer.as_deref().unwrap_or("unknown")) }
                         td {
                             form.revoke method="post" action=(format!("/console/sessions/{}/revoke", s.id)) {
@@ -547,7 +547,7 @@ fn csrf(session: &Session) -> Markup {
 }
 
 /// Status by colour and by word, so it reads without colour too.
-fn status(status: &str) -> Markup {
+fn status(status: Status) -> Markup {
     html! { span class=(format!("status status-{status}")) { (status) } }
 }
 
@@ -561,8 +561,9 @@ fn totals(minutes: &[Minute]) -> [(&'static str, &'static str, u64); 3] {
 }
 
 /// `2026-11-25T18:00:00.123Z` as `2026-11-25 18:00:00`.
-fn short(rfc3339: &str) -> String {
-    rfc3339.get(..19).unwrap_or(rfc3339).replacen('T', " ", 1)
+fn short(at: Timestamp) -> String {
+    let rfc3339 = at.to_string();
+    rfc3339.get(..19).unwrap_or(&rfc3339).replacen('T', " ", 1)
 }
 
 /// `HH:MM` in UTC.

@@ -474,7 +474,7 @@ impl Backend for SqliteStore {
             bind(&mut stmt, &[Value::Int(id.0)])?;
             let mut found = stmt.raw_query();
             Ok(match found.next()? {
-                Some(row) => Some(Delivery::from(delivery_row(row)?)),
+                Some(row) => Some(Delivery::try_from(delivery_row(row)?)?),
                 None => None,
             })
         })
@@ -490,7 +490,7 @@ impl Backend for SqliteStore {
             let mut found = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = found.next()? {
-                out.push(Delivery::from(delivery_row(row)?));
+                out.push(Delivery::try_from(delivery_row(row)?)?);
             }
             Ok(out)
         })

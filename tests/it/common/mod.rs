@@ -184,7 +184,7 @@ impl TestApp {
             if let Some(found) = listed.first() {
                 let detail = self
                     .store
-                    .detail(found.id.parse().expect("id"))
+                    .detail(found.id)
                     .await
                     .expect("detail")
                     .expect("found");

@@ -46,7 +46,7 @@ async fn the_delivering_attempt_is_in_the_history_without_a_row_of_its_own(backe
 fn outcomes(history: Vec<accelerate_relay::store::AttemptView>) -> Vec<(String, String)> {
     history
         .into_iter()
-        .map(|a| (a.outcome, a.message.unwrap_or_default()))
+        .map(|a| (a.outcome.to_string(), a.message.unwrap_or_default()))
         .collect()
 }
 

@@ -140,8 +140,8 @@ async fn retry_after_beyond_any_number_waits_the_cap(backend: Backend) {
     assert!(recorded, "the failed attempt is recorded");
     let next = app.store.list(&filter).await.expect("list")[0]
         .next_attempt_at
-        .clone();
-    let next = humantime::parse_rfc3339(&next.expect("next attempt")).expect("RFC 3339");
+        .expect("next attempt")
+        .to_system_time();
     let wait = next
         .duration_since(std::time::SystemTime::now())
         .expect("in the future");

@@ -67,10 +67,7 @@ async fn worker_step_reports_what_it_did(backend: Backend) {
     let worker = Worker::new(&config, app.store.clone(), Default::default(), gate).expect("worker");
     // The only delivery waits an hour: nothing is due.
     assert_eq!(worker.deliver_next().await.expect("step"), Step::Empty);
-    let id = app.store.list(&Default::default()).await.expect("list")[0]
-        .id
-        .parse()
-        .expect("id");
+    let id = app.store.list(&Default::default()).await.expect("list")[0].id;
     // Once the first attempt is recorded (a retry is refused while it is
     // in flight).
     let retried = eventually(WAIT, || async {
