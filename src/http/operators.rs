@@ -2,13 +2,29 @@
 //! own at a lower CPU priority: the webhook workers never decode or
 //! serialise a page of 500 rows, and the kernel hands the CPU to a webhook
 //! the moment one arrives. Operators queue; webhooks do not.
+//!
+//! Niceness alone does not bound them: a lowered thread still takes an idle
+//! core, PostgreSQL's backends serve its queries at normal priority, and a
+//! SQLite writer commits slower while many snapshots are open. So the reads
+//! are also paced: each of the operators' slots rests after a read for
+//! `REST_PER_BUSY` times as long as the read took, and a replica spends at
+//! most a quarter of its time reading for operators, however many ask.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
 
 /// Niceness of the operators' threads: the kernel gives a runnable webhook
 /// worker (niceness 0) about ten times their share of a busy core, and
 /// wakes it ahead of them; on an idle core operators get all of it.
 const NICENESS: i32 = 10;
+
+/// A slot rests three times as long as its read took: one person's lookups
+/// (well under a millisecond each) barely wait, a crowd of readers gets a
+/// quarter of the slots' time between them.
+const REST_PER_BUSY: u32 = 3;
 
 /// The relay is stopping: its operators' threads are gone.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +33,8 @@ pub struct Stopped;
 
 pub struct Operators {
     runtime: Option<tokio::runtime::Runtime>,
+    /// One slot per operators' thread; a read holds one, and its rest after.
+    slots: Arc<Semaphore>,
 }
 
 impl Operators {
@@ -33,6 +51,7 @@ impl Operators {
             .build()?;
         Ok(Self {
             runtime: Some(runtime),
+            slots: Arc::new(Semaphore::new(threads)),
         })
     }
 
@@ -47,8 +66,17 @@ impl Operators {
         let Some(runtime) = &self.runtime else {
             return Err(Stopped.into());
         };
+        let slot = self.slots.clone().acquire_owned().await.map_err(|_| Stopped)?;
+        let started = Instant::now();
         let mut task = Abort(runtime.spawn(work));
-        match (&mut task.0).await {
+        let done = (&mut task.0).await;
+        // The answer goes back now; the slot comes back after its rest.
+        let rest = started.elapsed() * REST_PER_BUSY;
+        runtime.spawn(async move {
+            tokio::time::sleep(rest).await;
+            drop(slot);
+        });
+        match done {
             Ok(done) => done,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(Stopped.into()),
