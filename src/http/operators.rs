@@ -42,7 +42,10 @@ impl Operators {
     /// connections. Threads the store starts from them (SQLite's blocking
     /// reads) are lowered too.
     pub fn start() -> std::io::Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        Self::with_threads(std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)))
+    }
+
+    fn with_threads(threads: usize) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("operators")
@@ -66,7 +69,12 @@ impl Operators {
         let Some(runtime) = &self.runtime else {
             return Err(Stopped.into());
         };
-        let slot = self.slots.clone().acquire_owned().await.map_err(|_| Stopped)?;
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Stopped)?;
         let started = Instant::now();
         let mut task = Abort(runtime.spawn(work));
         let done = (&mut task.0).await;
@@ -109,5 +117,50 @@ fn lower_priority() {
     let thread = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(thread), NICENESS) {
         tracing::warn!(error = %e, "could not lower the operators' threads' CPU priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Operators, Stopped};
+
+    const READ: Duration = Duration::from_millis(40);
+
+    /// A read that takes `READ`, and when it started.
+    async fn read(operators: &Operators, since: Instant) -> Duration {
+        operators
+            .run(async move {
+                let started = since.elapsed();
+                tokio::time::sleep(READ).await;
+                Ok::<_, Stopped>(started)
+            })
+            .await
+            .expect("read")
+    }
+
+    /// A crowd gets a quarter of a slot's time; each answer still comes
+    /// back the moment its read is done.
+    #[tokio::test]
+    async fn reads_rest_three_times_as_long_as_they_took() {
+        let operators = Operators::with_threads(1).expect("operators");
+        let since = Instant::now();
+        let answered = read(&operators, since).await;
+        assert!(
+            since.elapsed() < READ * 2,
+            "the first answer waited {:?}",
+            since.elapsed()
+        );
+        let (second, third) = tokio::join!(read(&operators, since), read(&operators, since));
+        let mut starts = [answered, second, third];
+        starts.sort();
+        for pair in starts.windows(2) {
+            // READ busy, then 3 × READ resting (a little slack for timers).
+            assert!(
+                pair[1] - pair[0] >= READ * 4 - Duration::from_millis(5),
+                "reads started at {starts:?}"
+            );
+        }
     }
 }
