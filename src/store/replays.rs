@@ -167,10 +167,7 @@ impl TryFrom<ReplayRow> for Replay {
     type Error = StoreError;
     fn try_from(row: ReplayRow) -> Result<Self, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(row.id, what);
-        let environment = row
-            .environment
-            .parse()
-            .map_err(|e: crate::event::EventError| corrupt(e.to_string()))?;
+        let environment = super::rows::stored_environment(row.id, &row.environment)?;
         let statuses = row
             .statuses
             .split(',')

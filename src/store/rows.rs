@@ -571,17 +571,22 @@ pub struct DeliveryRow {
     pub(super) payment_id: Option<String>,
 }
 
-/// A row whose environment or status this release cannot name is corrupt,
-/// not shown as a guess.
+/// The environment row `id` names; one this release cannot name makes the
+/// row corrupt, never shown as a guess.
+pub(super) fn stored_environment(id: i64, name: &str) -> Result<Environment, StoreError> {
+    name.parse()
+        .map_err(|e: crate::event::EventError| StoreError::Corrupt(id, e.to_string()))
+}
+
+/// A row whose environment or status this release cannot name is corrupt.
 impl TryFrom<DeliveryRow> for Delivery {
     type Error = StoreError;
     fn try_from(row: DeliveryRow) -> Result<Self, StoreError> {
-        let corrupt = |what: String| StoreError::Corrupt(row.id, what);
-        let environment = row
-            .environment
+        let environment = stored_environment(row.id, &row.environment)?;
+        let status: Status = row
+            .status
             .parse()
-            .map_err(|e: crate::event::EventError| corrupt(e.to_string()))?;
-        let status: Status = row.status.parse().map_err(corrupt)?;
+            .map_err(|e| StoreError::Corrupt(row.id, e))?;
         Ok(Delivery {
             id: DeliveryId(row.id),
             environment,
