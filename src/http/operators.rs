@@ -21,9 +21,9 @@ use tokio::sync::Semaphore;
 /// wakes it ahead of them; on an idle core operators get all of it.
 const NICENESS: i32 = 10;
 
-/// A slot rests three times as long as its read took: one person's lookups
-/// (well under a millisecond each) barely wait, a crowd of readers gets a
-/// quarter of the slots' time between them.
+/// A slot rests three times as long as its read took (rounded up to the
+/// timer's millisecond): one person's lookups wait about a millisecond at
+/// most, a crowd of readers gets a quarter of the slots' time between them.
 const REST_PER_BUSY: u32 = 3;
 
 /// The relay is stopping: its operators' threads are gone.
