@@ -5,7 +5,7 @@
 use futures_util::future::join_all;
 
 use super::backend::Backend;
-use super::rows::{Param, FORMAT, FORMAT_SEALED};
+use super::rows::{self, Param, FORMAT, FORMAT_SEALED};
 use super::{ForwardHeaders, HeldKey, Store, StoreError};
 use crate::event::Environment;
 use crate::seal::{self, KeyId, StoreKeys};
@@ -102,9 +102,7 @@ impl Store {
                 after = last.id;
                 let mut rewrites = Vec::with_capacity(page.len());
                 for row in page {
-                    let Ok(environment) = row.environment.parse::<Environment>() else {
-                        return Err(StoreError::Corrupt(row.id, "environment".to_owned()));
-                    };
+                    let environment = rows::stored_environment(row.id, &row.environment)?;
                     let clear = match source {
                         None => match clear_headers(&row, environment, &credentials)? {
                             Some(headers) => (row.body.clone(), headers),

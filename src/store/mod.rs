@@ -380,11 +380,7 @@ pub struct DeliveryId(pub i64);
 
 impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Only a column's width costs the copy; ids are printed on every answer.
-        match f.width() {
-            Some(_) => f.pad(&format!("dlv_{}", self.0)),
-            None => write!(f, "dlv_{}", self.0),
-        }
+        write_public_id(f, "dlv_", self.0)
     }
 }
 
@@ -398,6 +394,15 @@ impl FromStr for DeliveryId {
         canonical_id(s, "dlv_")
             .map(DeliveryId)
             .ok_or_else(|| format!("`{s}` is not a delivery id (dlv_ and a number, e.g. dlv_42)"))
+    }
+}
+
+/// A public id as the relay prints it, filling a column's width when one is
+/// asked for (only then does it cost a copy: ids are printed on every answer).
+pub(crate) fn write_public_id(f: &mut fmt::Formatter<'_>, prefix: &str, n: i64) -> fmt::Result {
+    match f.width() {
+        Some(_) => f.pad(&format!("{prefix}{n}")),
+        None => write!(f, "{prefix}{n}"),
     }
 }
 

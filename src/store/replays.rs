@@ -71,11 +71,7 @@ serialize_as_display!(ReplayId);
 
 impl fmt::Display for ReplayId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Only a column's width costs the copy; ids are printed on every answer.
-        match f.width() {
-            Some(_) => f.pad(&format!("rpl_{}", self.0)),
-            None => write!(f, "rpl_{}", self.0),
-        }
+        super::write_public_id(f, "rpl_", self.0)
     }
 }
 

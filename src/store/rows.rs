@@ -522,10 +522,7 @@ impl ClaimRow {
     /// to send: it is never forwarded, and stays stored.
     pub(super) fn into_claimed(self, keys: Option<&StoreKeys>) -> Result<Claimed, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(self.id, what.to_owned());
-        let environment = self
-            .environment
-            .parse::<Environment>()
-            .map_err(|_| corrupt("environment"))?;
+        let environment = stored_environment(self.id, &self.environment)?;
         let attempt = u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?;
         let schedule_attempt = u32::try_from(self.attempts - self.attempts_base)
             .map_err(|_| corrupt("attempts_base"))?;
